@@ -1,0 +1,34 @@
+# Every target creates .venv when it is missing and installs the project into it,
+# so each works on a fresh machine that has only python3 and pip.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+HOST ?= 127.0.0.1
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint pytest bench install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/connbridge-gateway --demo --host $(HOST) --port $(PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check connbridge gateway tests bench
+	$(BIN)/ruff format --check connbridge gateway tests bench
+	$(BIN)/mypy connbridge gateway
+
+pytest: $(STAMP)
+	$(BIN)/python -X dev -m pytest -p no:cacheprovider
+
+test: lint pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m bench

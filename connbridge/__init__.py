@@ -1,0 +1,1 @@
+"""connbridge: speak Python's multiprocessing.connection protocol on asyncio."""

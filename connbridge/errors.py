@@ -1,0 +1,175 @@
+"""The one exception tree of connbridge.
+
+Every error the library raises derives from :class:`ConnbridgeError`; foreign
+errors (``OSError``, ``asyncio.TimeoutError``, ``pickle.UnpicklingError``) are
+translated where they cross into the library and chained with ``from``.
+
+.. code-block:: text
+
+    ConnbridgeError
+    ├── AddressError                  (also ValueError) an address that cannot be used
+    ├── ConnectError                  the transport could not be opened
+    │   └── ConnectTimeout            (also TimeoutError)
+    ├── HandshakeError                the challenge/response exchange failed
+    │   ├── AuthenticationError       a key was rejected, by us or by the peer
+    │   └── HandshakeTimeout          (also TimeoutError) no challenge or answer in time
+    ├── ProtocolError                 the byte stream broke the framing rules
+    │   └── FrameTooLarge             a frame header announced more than max_frame
+    ├── ConnectionClosed              the peer closed the connection (EOF or reset)
+    │   └── CallInterrupted           ... while a request was in flight: it may or
+    │                                     may not have been processed
+    ├── CallTimeout                   (also TimeoutError) no reply within the call timeout
+    ├── PoolError
+    │   ├── PoolClosed                the pool is shutting down or closed
+    │   ├── PoolOverloaded            too many callers already wait for a connection
+    │   │   └── AcquireTimeout        (also TimeoutError) no connection freed in time
+    │   └── BackendUnavailable        every address of the backend is down
+    └── CodecError
+        ├── PayloadError              (also ValueError) JSON that cannot become Python
+        ├── ResultError               a Python value that cannot become JSON
+        └── PickleError               a pickle that cannot be loaded or made
+            └── RefusedGlobal         the pickle names a global outside the allowlist
+
+No exception message ever contains an authkey.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AcquireTimeout",
+    "AddressError",
+    "AuthenticationError",
+    "BackendUnavailable",
+    "CallInterrupted",
+    "CallTimeout",
+    "CodecError",
+    "ConnbridgeError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionClosed",
+    "FrameTooLarge",
+    "HandshakeError",
+    "HandshakeTimeout",
+    "PayloadError",
+    "PickleError",
+    "PoolClosed",
+    "PoolError",
+    "PoolOverloaded",
+    "ProtocolError",
+    "RefusedGlobal",
+    "ResultError",
+]
+
+
+class ConnbridgeError(Exception):
+    """Root of every error raised by connbridge."""
+
+
+class AddressError(ConnbridgeError, ValueError):
+    """An address that cannot be parsed or used on this platform."""
+
+
+class ConnectError(ConnbridgeError):
+    """The transport to the backend could not be opened (refused, unreachable, DNS)."""
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """Opening the transport took longer than ``connect_timeout``."""
+
+
+class HandshakeError(ConnbridgeError):
+    """The authentication exchange failed or was malformed."""
+
+
+class AuthenticationError(HandshakeError):
+    """A key was rejected: the peer refused ours, or the peer's answer was wrong."""
+
+
+class HandshakeTimeout(HandshakeError, TimeoutError):
+    """The peer did not send its part of the handshake in time."""
+
+
+class ProtocolError(ConnbridgeError):
+    """The byte stream broke the framing rules; the connection state is unknown."""
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame header announced a payload larger than the configured maximum.
+
+    Raised from the header alone, before any of the payload is buffered.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"frame of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class ConnectionClosed(ConnbridgeError):
+    """The peer closed the connection (clean EOF or reset)."""
+
+
+class CallInterrupted(ConnectionClosed):
+    """The connection broke while a request was in flight.
+
+    The backend may or may not have processed the request, so it is never
+    retried automatically.
+    """
+
+
+class CallTimeout(ConnbridgeError, TimeoutError):
+    """No reply arrived within the call timeout."""
+
+
+class PoolError(ConnbridgeError):
+    """Base class of the errors a pool raises about itself."""
+
+
+class PoolClosed(PoolError):
+    """The pool refuses new calls because it is closing or closed."""
+
+
+class PoolOverloaded(PoolError):
+    """Too many callers already wait for a connection; try again later."""
+
+
+class AcquireTimeout(PoolOverloaded, TimeoutError):
+    """No connection became free within ``acquire_timeout``."""
+
+
+class BackendUnavailable(PoolError):
+    """No address of the backend can currently be reached or authenticated."""
+
+
+class CodecError(ConnbridgeError):
+    """Base class of conversion errors between JSON, Python and pickle."""
+
+
+class PayloadError(CodecError, ValueError):
+    """A JSON value that cannot be turned into Python (unknown tag, bad value, too deep).
+
+    ``path`` locates the offending value, as a JSON Pointer-like list of keys
+    and indexes.
+    """
+
+    def __init__(self, message: str, path: tuple[str | int, ...] = ()) -> None:
+        where = "/" + "/".join(str(p) for p in path)
+        super().__init__(f"{message} (at {where})" if path else message)
+        self.path = path
+
+
+class ResultError(CodecError):
+    """A Python value from a backend that cannot be turned into JSON."""
+
+
+class PickleError(CodecError):
+    """A pickle that could not be loaded (or an object that could not be pickled)."""
+
+
+class RefusedGlobal(PickleError):
+    """A pickle referenced a global outside the allowlist; nothing of it ran."""
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(f"refused to unpickle global {module}.{name}: not in the allowlist")
+        self.module = module
+        self.name = name

@@ -1,0 +1,1 @@
+"""The connbridge HTTP and WebSocket gateway (FastAPI)."""
