@@ -1,0 +1,539 @@
+"""An asyncio connection that speaks ``multiprocessing.connection``.
+
+This module is the thin adapter between sockets and the sans-I/O core: it
+feeds received bytes to a :class:`~connbridge.frames.FrameDecoder`, hands
+handshake payloads to :mod:`connbridge.handshake`, and writes what they return.
+Everything the stdlib leaves unbounded is bounded here: connecting, the
+handshake, the size of a frame, and the bytes buffered while nobody reads.
+
+Objects are pickled with a chosen protocol and unpickled through the
+allowlist of :mod:`connbridge.unpickler` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+from .addresses import Address, AddressLike, parse_address
+from .errors import (
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    HandshakeError,
+    HandshakeTimeout,
+    ProtocolError,
+)
+from .frames import DEFAULT_MAX_FRAME, FrameDecoder, frame_header
+from .handshake import CHALLENGE, MAX_HANDSHAKE_MESSAGE, ClientHandshake, ServerHandshake
+from .unpickler import loads as allowlist_loads
+from .unpickler import make_dumps
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "Connection",
+    "connect",
+    "open_connection",
+]
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: How long :meth:`Connection.close` waits for the peer's EOF after ours.
+DEFAULT_CLOSE_TIMEOUT = 5.0
+# While nobody is reading, stop reading from the socket past this many
+# buffered bytes, so a peer that streams faster than we consume cannot grow
+# our memory; the kernel's buffers then push back on the peer.
+_READ_HIGH_WATER = 256 * 1024
+# Payloads up to this size are written together with their header in one call.
+_COALESCE_LIMIT = 16 * 1024
+
+Loads = Callable[[bytes], object]
+Dumps = Callable[[object], bytes]
+
+
+class _Stream(asyncio.Protocol):
+    """Receives bytes into a frame decoder and wakes at most one reader."""
+
+    def __init__(self, max_frame: int, on_connect: Callable[[_Stream], None] | None = None) -> None:
+        self.decoder = FrameDecoder(max_frame)
+        self.on_connect = on_connect
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[bytes] | None = None
+        # A payload taken for a reader that was cancelled before it resumed;
+        # it is handed to the next reader so no reply is silently dropped.
+        self.pushback: deque[bytes] = deque()
+        self.eof = False
+        self.error: BaseException | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.reading_paused = False
+        self.writing_paused = False
+        self.drain_waiters: deque[asyncio.Future[None]] = deque()
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.on_connect is not None:
+            self.on_connect(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.eof:
+            return  # after our close() starts we only wait for the peer's EOF
+        decoder = self.decoder
+        decoder.feed(data)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            try:
+                frame = decoder.next_frame()
+            except ProtocolError as exc:
+                self._broken(exc)
+                return
+            if frame is not None:
+                waiter.set_result(frame)
+        elif decoder.buffered > _READ_HIGH_WATER and not self.reading_paused:
+            self.reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake(ConnectionClosed("the peer closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        if exc is not None and self.error is None:
+            self.error = ConnectionClosed(f"connection lost: {exc}")
+            self.error.__cause__ = exc
+        self._wake(self.error or ConnectionClosed("the connection is closed"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        while self.drain_waiters:
+            waiter = self.drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # helpers for Connection
+
+    def _wake(self, exc: BaseException) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _broken(self, exc: BaseException) -> None:
+        """The stream is in an unknown state: remember why and drop the transport."""
+        if self.error is None:
+            self.error = exc
+        self._wake(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+
+class Connection:
+    """One authenticated connection to a Listener (or, server side, from a Client).
+
+    Use :func:`connect` to make one. ``send``/``recv`` exchange pickled
+    objects; ``send_bytes``/``recv_bytes`` exchange raw payloads. At most one
+    coroutine may wait in ``recv``/``recv_bytes`` at a time; sends may be
+    concurrent (each frame is written whole). Usable as ``async with``.
+    """
+
+    def __init__(
+        self,
+        stream: _Stream,
+        address: Address,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        pickle_protocol: int = 4,
+        loads: Loads | None = None,
+        dumps: Dumps | None = None,
+    ) -> None:
+        self._stream = stream
+        assert stream.transport is not None
+        self._transport: asyncio.Transport = stream.transport
+        self.address = address
+        self.max_frame = max_frame
+        self._loads = loads or allowlist_loads
+        self._dumps = dumps or make_dumps(pickle_protocol)
+        self._authenticated = False
+        self._received_any = False
+        self._closing = False
+        #: ``"legacy"`` or the digest the peer challenged with; None without a handshake.
+        self.peer_dialect: str | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Connection {self.address} {state}>"
+
+    # state
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection can no longer carry a new exchange."""
+        stream = self._stream
+        return (
+            self._closing or stream.eof or stream.error is not None or self._transport.is_closing()
+        )
+
+    def has_pending_input(self) -> bool:
+        """True if bytes arrived that nobody asked for, or the peer has closed.
+
+        An idle connection with pending input is not safe to start an exchange
+        on: whatever arrived would be taken as the reply.
+        """
+        stream = self._stream
+        return bool(stream.pushback) or stream.decoder.buffered > 0 or self.closed
+
+    @property
+    def peer_closed(self) -> bool:
+        """True once the peer's EOF (or a reset) has been seen."""
+        return self._stream.eof
+
+    # raw payloads
+
+    async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one payload as one frame.
+
+        Raises :class:`ConnectionClosed` if the connection is closed.
+        """
+        if self.closed:
+            raise self._closed_error()
+        transport = self._transport
+        size = len(data)
+        if size <= _COALESCE_LIMIT:
+            transport.write(frame_header(size) + data)
+        else:
+            transport.write(frame_header(size))
+            transport.write(data)
+        if self._stream.writing_paused:
+            await self._drain()
+
+    async def recv_bytes(self) -> bytes:
+        """Receive one payload.
+
+        Raises :class:`ConnectionClosed` when the peer has closed,
+        :class:`~connbridge.errors.FrameTooLarge` when a header announces more
+        than ``max_frame`` bytes and :class:`ProtocolError` for a corrupt
+        header; after either of the latter the connection is closed.
+        """
+        stream = self._stream
+        if stream.pushback:
+            return stream.pushback.popleft()
+        try:
+            frame = stream.decoder.next_frame()
+        except ProtocolError as exc:
+            stream._broken(exc)
+            raise
+        if frame is not None:
+            if stream.reading_paused and stream.decoder.buffered <= _READ_HIGH_WATER:
+                stream.resume_reading()
+            return frame
+        if stream.error is not None:
+            raise stream.error
+        if stream.eof:
+            raise self._closed_error()
+        if stream.waiter is not None:
+            raise RuntimeError("another coroutine is already receiving on this connection")
+        stream.resume_reading()
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        stream.waiter = waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # The payload may have been taken for us just before we were
+            # cancelled: keep it for the next reader instead of losing it.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                stream.pushback.append(waiter.result())
+            raise
+        finally:
+            stream.waiter = None
+
+    # objects
+
+    async def send(self, obj: object) -> None:
+        """Pickle ``obj`` with this connection's protocol and send it.
+
+        Raises :class:`~connbridge.errors.PickleError` if it cannot be
+        pickled, :class:`ConnectionClosed` if the connection is closed.
+        """
+        await self.send_bytes(self._dumps(obj))
+
+    async def recv(self) -> object:
+        """Receive one object, unpickled through the allowlist.
+
+        Raises :class:`~connbridge.errors.RefusedGlobal` for a pickle that
+        names a global outside the allowlist (nothing of it runs), and
+        :class:`HandshakeError` when a server that demands an authkey sends
+        its challenge to a connection opened without one.
+        """
+        data = await self.recv_bytes()
+        if not self._received_any:
+            self._received_any = True
+            if not self._authenticated and data.startswith(CHALLENGE):
+                raise HandshakeError(
+                    "the server sent an authentication challenge: it requires an "
+                    "authkey and none is configured for this connection"
+                )
+        return self._loads(data)
+
+    # lifecycle
+
+    async def close(self, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        """Close cleanly: send EOF, wait for the peer's EOF, then close.
+
+        A server that reads until ``EOFError`` thus ends its loop normally
+        instead of meeting a reset. Anything still arriving is discarded.
+        After ``timeout`` seconds without the peer's EOF the connection is
+        aborted. Never raises for connection errors.
+        """
+        if self._closing:
+            await asyncio.shield(self._stream.lost)
+            return
+        self._closing = True
+        stream, transport = self._stream, self._transport
+        stream.resume_reading()
+        if not transport.is_closing():
+            try:
+                if transport.can_write_eof():
+                    transport.write_eof()
+            except OSError:
+                transport.abort()
+        # Drop what is buffered; from now on data_received discards input.
+        stream.decoder = FrameDecoder(stream.decoder.max_frame)
+        stream.pushback.clear()
+        stream._wake(ConnectionClosed("the connection was closed locally"))
+        stream.eof = True
+        try:
+            if not stream.lost.done():
+                try:
+                    async with asyncio.timeout(timeout):
+                        await asyncio.shield(stream.lost)
+                except TimeoutError:
+                    transport.abort()
+            transport.close()
+            await asyncio.shield(stream.lost)
+        except BaseException:
+            transport.abort()  # cancelled: never leave the socket open
+            raise
+
+    def abort(self) -> None:
+        """Drop the connection at once (the peer sees a reset). Prefer :meth:`close`."""
+        self._closing = True
+        self._transport.abort()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # internals
+
+    def _closed_error(self) -> ConnectionClosed:
+        error = self._stream.error
+        if isinstance(error, ConnectionClosed):
+            return error
+        return ConnectionClosed(f"the connection to {self.address} is closed")
+
+    async def _drain(self) -> None:
+        stream = self._stream
+        if not stream.writing_paused:
+            return
+        if stream.lost.done():
+            raise self._closed_error()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stream.drain_waiters.append(waiter)
+        await waiter
+        if stream.lost.done():
+            raise self._closed_error()
+
+    def _write_frames(self, payloads: list[bytes]) -> None:
+        for payload in payloads:
+            self._transport.write(frame_header(len(payload)) + payload)
+
+    async def authenticate(self, authkey: bytes, *, allow_md5: bool = True) -> None:
+        """Run the client half of the handshake, with no time limit.
+
+        :func:`connect` bounds it with ``handshake_timeout``; a pool runs it
+        unbounded in the background instead, because closing a connection
+        that a one-connection-at-a-time server has not accepted yet makes that
+        server's ``accept()`` fail. Raises :class:`HandshakeError` and
+        :class:`~connbridge.errors.AuthenticationError`.
+        """
+        await self._run_handshake(ClientHandshake(authkey, allow_md5=allow_md5))
+
+    async def _run_handshake(self, handshake: ClientHandshake | ServerHandshake) -> None:
+        """Drive a handshake to its end with the 256-byte message limit."""
+        decoder = self._stream.decoder
+        decoder.max_frame = MAX_HANDSHAKE_MESSAGE
+        try:
+            if isinstance(handshake, ServerHandshake):
+                self._write_frames([handshake.start()])
+            while not handshake.done:
+                try:
+                    message = await self.recv_bytes()
+                except ProtocolError as exc:
+                    raise HandshakeError(f"malformed handshake message: {exc}") from exc
+                except ConnectionClosed as exc:
+                    raise HandshakeError(
+                        f"the peer closed the connection while we waited for "
+                        f"{handshake.awaiting} (wrong authkey, or no authkey on its side?)"
+                    ) from exc
+                self._write_frames(handshake.receive(message))
+                if handshake.error is not None:
+                    raise handshake.error
+        finally:
+            decoder.max_frame = self.max_frame
+        self._authenticated = True
+        self.peer_dialect = handshake.peer_dialect
+
+
+async def open_stream(
+    address: AddressLike, *, connect_timeout: float | None, max_frame: int
+) -> tuple[Address, _Stream]:
+    """Open the transport only and return the protocol object.
+
+    Raises :class:`ConnectTimeout` or :class:`ConnectError`.
+    """
+    addr = parse_address(address)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> _Stream:
+        return _Stream(max_frame)
+
+    try:
+        async with asyncio.timeout(connect_timeout):
+            if addr.family == "unix":
+                _, stream = await loop.create_unix_connection(factory, addr.path)
+            else:
+                _, stream = await loop.create_connection(factory, addr.host, addr.port)
+    except TimeoutError as exc:
+        raise ConnectTimeout(f"connecting to {addr} took longer than {connect_timeout} s") from exc
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ConnectError(f"cannot connect to {addr}: {reason}") from exc
+    if addr.family == "tcp":
+        sock = stream.transport.get_extra_info("socket") if stream.transport else None
+        if sock is not None:
+            # Requests are small and latency-bound: never wait for Nagle.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return addr, stream
+
+
+async def open_connection(
+    address: AddressLike,
+    *,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    pickle_protocol: int = 4,
+    loads: Loads | None = None,
+    dumps: Dumps | None = None,
+) -> Connection:
+    """Open the transport and wrap it, without the handshake.
+
+    The caller runs :meth:`Connection.authenticate` when the server has an
+    authkey. Raises :class:`~connbridge.errors.AddressError`,
+    :class:`ConnectError` and :class:`ConnectTimeout`.
+    """
+    addr, stream = await open_stream(address, connect_timeout=connect_timeout, max_frame=max_frame)
+    return Connection(
+        stream,
+        addr,
+        max_frame=max_frame,
+        pickle_protocol=pickle_protocol,
+        loads=loads,
+        dumps=dumps,
+    )
+
+
+async def connect(
+    address: AddressLike,
+    *,
+    authkey: bytes | None = None,
+    connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    allow_md5: bool = True,
+    pickle_protocol: int = 4,
+    loads: Loads | None = None,
+    dumps: Dumps | None = None,
+) -> Connection:
+    """Connect to a ``multiprocessing.connection.Listener`` and authenticate.
+
+    With an ``authkey`` the client half of the handshake runs as the stdlib
+    ``Client`` does it (answer the server's challenge, then challenge it);
+    ``authkey=None`` skips it, as the stdlib does. ``None`` timeouts wait
+    forever.
+
+    Raises :class:`~connbridge.errors.AddressError`, :class:`ConnectError`,
+    :class:`ConnectTimeout`, :class:`~connbridge.errors.AuthenticationError`
+    (a wrong key; the message never contains it), :class:`HandshakeTimeout`
+    and :class:`HandshakeError`.
+    """
+    conn = await open_connection(
+        address,
+        connect_timeout=connect_timeout,
+        max_frame=max_frame,
+        pickle_protocol=pickle_protocol,
+        loads=loads,
+        dumps=dumps,
+    )
+    if authkey is None:
+        return conn
+    handshake = ClientHandshake(authkey, allow_md5=allow_md5)
+    try:
+        await run_with_timeout(
+            conn._run_handshake(handshake), handshake_timeout, conn.address, handshake
+        )
+    except BaseException:
+        await conn.close(timeout=1.0)
+        raise
+    return conn
+
+
+async def run_with_timeout(
+    coro: Awaitable[None],
+    timeout: float | None,
+    address: Address,
+    handshake: ClientHandshake | ServerHandshake,
+) -> None:
+    """Await a handshake, turning a timeout into an error that names the likely cause."""
+    try:
+        async with asyncio.timeout(timeout):
+            await coro
+    except TimeoutError as exc:
+        hint = ""
+        if isinstance(handshake, ClientHandshake) and handshake.awaiting == "the peer's challenge":
+            hint = (
+                " The Listener may have no authkey (it then waits for the client to "
+                "speak first), or it serves one connection at a time and is busy."
+            )
+        raise HandshakeTimeout(
+            f"handshake with {address} timed out after {timeout} s waiting for "
+            f"{handshake.awaiting}.{hint}"
+        ) from exc
