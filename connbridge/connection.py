@@ -17,7 +17,7 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self
+from typing import Self, cast
 
 from .addresses import Address, AddressLike, parse_address
 from .errors import (
@@ -56,6 +56,11 @@ Loads = Callable[[bytes], object]
 Dumps = Callable[[object], bytes]
 
 
+def _expire(waiter: asyncio.Future[bytes]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class _Stream(asyncio.Protocol):
     """Receives bytes into a frame decoder and wakes at most one reader."""
 
@@ -77,8 +82,8 @@ class _Stream(asyncio.Protocol):
     # asyncio.Protocol callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
+        self.transport = cast(asyncio.Transport, transport)
         if self.on_connect is not None:
             self.on_connect(self)
 
@@ -86,8 +91,19 @@ class _Stream(asyncio.Protocol):
         if self.eof:
             return  # after our close() starts we only wait for the peer's EOF
         decoder = self.decoder
-        decoder.feed(data)
         waiter = self.waiter
+        if (
+            waiter is not None
+            and not decoder.buffered
+            and len(data) >= 4
+            and int.from_bytes(data[:4], "big", signed=True) == len(data) - 4
+            and len(data) - 4 <= decoder.max_frame
+            and not waiter.done()
+        ):
+            # The common case: exactly one whole frame for a waiting reader.
+            waiter.set_result(data[4:])
+            return
+        decoder.feed(data)
         if waiter is not None and not waiter.done():
             try:
                 frame = decoder.next_frame()
@@ -211,9 +227,14 @@ class Connection:
 
     # raw payloads
 
-    async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_bytes(
+        self, data: bytes | bytearray | memoryview, *, deadline: float | None = None
+    ) -> None:
         """Send one payload as one frame.
 
+        The whole frame is handed to the transport before this first awaits;
+        it then waits while the transport's buffer is over its high-water
+        mark, until the loop time ``deadline`` at most (``TimeoutError``).
         Raises :class:`ConnectionClosed` if the connection is closed.
         """
         if self.closed:
@@ -226,10 +247,14 @@ class Connection:
             transport.write(frame_header(size))
             transport.write(data)
         if self._stream.writing_paused:
-            await self._drain()
+            if deadline is None:
+                await self._drain()
+            else:
+                async with asyncio.timeout_at(deadline):
+                    await self._drain()
 
-    async def recv_bytes(self) -> bytes:
-        """Receive one payload.
+    async def recv_bytes(self, *, deadline: float | None = None) -> bytes:
+        """Receive one payload; ``TimeoutError`` past the loop time ``deadline``.
 
         Raises :class:`ConnectionClosed` when the peer has closed,
         :class:`~connbridge.errors.FrameTooLarge` when a header announces more
@@ -255,8 +280,12 @@ class Connection:
         if stream.waiter is not None:
             raise RuntimeError("another coroutine is already receiving on this connection")
         stream.resume_reading()
-        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bytes] = loop.create_future()
         stream.waiter = waiter
+        # A timer on the waiter is much cheaper than asyncio.timeout() on the
+        # hot path; a frame already handed over wins over the timer.
+        timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -267,6 +296,8 @@ class Connection:
             raise
         finally:
             stream.waiter = None
+            if timer is not None:
+                timer.cancel()
 
     # objects
 

@@ -129,6 +129,11 @@ class PoolSettings:
             raise ValueError(f"pickle_protocol must be 0..5, not {self.pickle_protocol}")
 
 
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class _Holder:
     """A pooled connection and what the pool knows about it."""
 
@@ -310,11 +315,10 @@ class Pool:
         target.calls += 1
         self._calls += 1
         try:
-            async with asyncio.timeout_at(deadline):
-                # The whole frame is handed to the transport before the first
-                # await, so from here on the request counts as delivered.
-                await conn.send_bytes(data)
-                reply = await conn.recv_bytes()
+            # The whole frame is handed to the transport before the first
+            # await, so from here on the request counts as delivered.
+            await conn.send_bytes(data, deadline=deadline)
+            reply = await conn.recv_bytes(deadline=deadline)
         except TimeoutError:
             self._drain_later(holder)
             self._count_error(target, "timeout")
@@ -441,7 +445,7 @@ class Pool:
             "draining": sum(t.draining for t in targets),
             "opening": sum(t.opening for t in targets),
             "stalled_handshakes": sum(t.stalled for t in targets),
-            "waiters": sum(1 for w in self._waiters if not w.done()),
+            "waiters": len(self._waiters),
             "calls": self._calls,
             "errors": dict(self._errors),
             "waits": self._waits,
@@ -494,7 +498,7 @@ class Pool:
                 self._grow()
                 if not self._has_hope():
                     raise self._unavailable()
-                pending = sum(1 for w in self._waiters if not w.done())
+                pending = len(self._waiters)
                 if pending >= self.settings.max_waiters:
                     self._errors["overloaded"] += 1
                     raise PoolOverloaded(
@@ -503,9 +507,9 @@ class Pool:
                 waited = True
                 waiter: asyncio.Future[_Holder | None] = loop.create_future()
                 self._waiters.append(waiter)
+                timer = loop.call_at(acquire_deadline, _expire, waiter)
                 try:
-                    async with asyncio.timeout_at(acquire_deadline):
-                        got = await waiter
+                    got = await waiter
                 except TimeoutError:
                     self._return_unclaimed(waiter)
                     if acquire_deadline >= deadline:
@@ -521,6 +525,8 @@ class Pool:
                 except BaseException:
                     self._return_unclaimed(waiter)
                     raise
+                finally:
+                    timer.cancel()
                 if got is not None and self._usable(got):
                     return got
         finally:
@@ -738,7 +744,7 @@ class Pool:
         """Open a connection if callers wait and an address has room for one more."""
         if self._closed:
             return
-        waiting = sum(1 for w in self._waiters if not w.done())
+        waiting = len(self._waiters)
         idle = sum(len(t.idle) for t in self._targets.values())
         if idle > 0 and waiting <= idle:
             return

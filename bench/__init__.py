@@ -1,0 +1,1 @@
+"""Benchmarks: every row compares two things measured side by side in one run."""

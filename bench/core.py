@@ -1,0 +1,192 @@
+"""Rows for the protocol core and the pool, against the stdlib on the same backend.
+
+1. Round trips per second on one connection: our asyncio client against the
+   stdlib ``Client`` (target: at least 1.0x).
+2. Calls per second with 64 concurrent callers on a threaded backend: our
+   pool against the stdlib ``Client`` used from 64 threads sharing the same
+   number of connections (target: at least 2x).
+
+Each figure is the median of three runs; the ratio is of the medians.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import queue
+import secrets
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from multiprocessing.connection import Client
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from connbridge.connection import connect
+from connbridge.demo import spawn_demo_backend
+from connbridge.pool import Pool, PoolSettings
+
+RUNS = 3
+ROUND_TRIPS = int(os.environ.get("BENCH_ROUND_TRIPS", "5000"))
+POOL_CALLS = int(os.environ.get("BENCH_POOL_CALLS", "20000"))
+CALLERS = 64
+CONNECTIONS = 8
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def median_rate(run: Callable[[], float]) -> tuple[float, list[float]]:
+    rates = [run() for _ in range(RUNS)]
+    return statistics.median(rates), rates
+
+
+def _stdlib_address(address: str) -> tuple[str, int]:
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+def stdlib_round_trips(address: str, key: bytes) -> float:
+    conn = Client(_stdlib_address(address), authkey=key)
+    try:
+        started = time.perf_counter()
+        for i in range(ROUND_TRIPS):
+            conn.send((i, 1))
+            if conn.recv() != i + 1:
+                raise AssertionError("wrong reply")
+        return ROUND_TRIPS / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+def ours_round_trips(address: str, key: bytes) -> float:
+    async def run() -> float:
+        async with await connect(address, authkey=key) as conn:
+            started = time.perf_counter()
+            for i in range(ROUND_TRIPS):
+                await conn.send((i, 1))
+                if await conn.recv() != i + 1:
+                    raise AssertionError("wrong reply")
+            return ROUND_TRIPS / (time.perf_counter() - started)
+
+    return uvloop.run(run())
+
+
+def stdlib_threads(address: str, key: bytes) -> float:
+    connections: queue.Queue[Any] = queue.Queue()
+    for _ in range(CONNECTIONS):
+        connections.put(Client(_stdlib_address(address), authkey=key))
+    per_thread = POOL_CALLS // CALLERS
+
+    def worker() -> None:
+        for i in range(per_thread):
+            conn = connections.get()
+            try:
+                conn.send((i, 1))
+                if conn.recv() != i + 1:
+                    raise AssertionError("wrong reply")
+            finally:
+                connections.put(conn)
+
+    threads = [threading.Thread(target=worker) for _ in range(CALLERS)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    while not connections.empty():
+        connections.get().close()
+    return per_thread * CALLERS / elapsed
+
+
+def ours_pool(address: str, key: bytes) -> float:
+    async def run() -> float:
+        pool = Pool(address, authkey=key, settings=PoolSettings(max_connections=CONNECTIONS))
+        await pool.start()
+        per_caller = POOL_CALLS // CALLERS
+
+        async def caller() -> None:
+            for i in range(per_caller):
+                if await pool.call((i, 1)) != i + 1:
+                    raise AssertionError("wrong reply")
+
+        try:
+            # warm the pool to its full size so both sides use the same connections
+            await asyncio.gather(*(caller() for _ in range(CALLERS)))
+            started = time.perf_counter()
+            await asyncio.gather(*(caller() for _ in range(CALLERS)))
+            return per_caller * CALLERS / (time.perf_counter() - started)
+        finally:
+            await pool.close()
+
+    return uvloop.run(run())
+
+
+def row(name: str, ours: Callable[[], float], theirs: Callable[[], float], target: float) -> dict[str, Any]:
+    # Interleave the two sides so drift on a noisy machine hits both alike.
+    ours_rates, theirs_rates = [], []
+    for _ in range(RUNS):
+        theirs_rates.append(theirs())
+        ours_rates.append(ours())
+    ours_median = statistics.median(ours_rates)
+    theirs_median = statistics.median(theirs_rates)
+    ratio = ours_median / theirs_median
+    return {
+        "row": name,
+        "ours_per_s": round(ours_median, 1),
+        "baseline_per_s": round(theirs_median, 1),
+        "ours_runs": [round(r, 1) for r in ours_rates],
+        "baseline_runs": [round(r, 1) for r in theirs_rates],
+        "ratio": round(ratio, 3),
+        "target": target,
+        "met": ratio >= target,
+    }
+
+
+def main() -> int:
+    key = secrets.token_hex(16).encode()  # keys travel in env vars: no NUL bytes
+    rows = []
+    with spawn_demo_backend("127.0.0.1:0", key) as backend:
+        rows.append(
+            row(
+                "client round trips, 1 connection (vs stdlib Client)",
+                lambda: ours_round_trips(backend.address, key),
+                lambda: stdlib_round_trips(backend.address, key),
+                1.0,
+            )
+        )
+        rows.append(
+            row(
+                f"pool, {CALLERS} callers / {CONNECTIONS} connections (vs stdlib Client in threads)",
+                lambda: ours_pool(backend.address, key),
+                lambda: stdlib_threads(backend.address, key),
+                2.0,
+            )
+        )
+    width = max(len(r["row"]) for r in rows)
+    print(f"{'row':<{width}}  {'ours/s':>10}  {'baseline/s':>10}  {'ratio':>6}  target")
+    for r in rows:
+        mark = "ok" if r["met"] else "MISSED"
+        print(
+            f"{r['row']:<{width}}  {r['ours_per_s']:>10.0f}  {r['baseline_per_s']:>10.0f}  "
+            f"{r['ratio']:>5.2f}x  >= {r['target']}x {mark}"
+        )
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+        },
+        "runs_per_row": RUNS,
+        "rows": rows,
+    }
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
