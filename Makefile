@@ -32,3 +32,9 @@ test: lint pytest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Builds the image and runs the gateway in it; needs root, podman, buildah and
+# mmdebstrap (apt-get install -y podman buildah mmdebstrap).
+.PHONY: container-test
+container-test: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/container-test.sh
