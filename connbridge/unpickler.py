@@ -1,0 +1,431 @@
+"""Load pickles from backends without letting them run code.
+
+Unpickling is code execution: a pickle names globals (``module.name``) and
+calls them with arguments of its choosing.  The gateway therefore loads
+replies with an unpickler whose :meth:`~pickle.Unpickler.find_class` only
+hands out objects from a table built once, up front, from an allowlist of
+``"module:qualname"`` entries.  Nothing is imported while a pickle loads, and
+a global outside the table raises :class:`~connbridge.errors.RefusedGlobal`
+before any of the pickle's calls to it can happen.
+
+Some allowed callables are harmless for the arguments a pickler writes but
+not for arbitrary ones (``bytearray(10**12)`` allocates a terabyte), so the
+table holds guards for them that accept only the argument shapes that real
+pickles use:
+
+* ``bytes`` / ``bytearray``: never an integer size;
+* ``_codecs.encode``: only a ``str`` with a latin-1 codec name (how
+  protocols 0-2 spell ``bytes``);
+* ``copyreg._reconstructor``: only for classes in the table, with a plain
+  builtin base (how protocols 0-1 spell most class instances, ``UUID`` among
+  them);
+* ``fractions.Fraction``: only integers or an ``"n/d"`` string (its string
+  parser would expand ``"1e999999999"`` into a billion-digit integer).
+
+Python 2 pickles name ``__builtin__``, ``exceptions`` and ``copy_reg``; those
+names are mapped to their Python 3 homes with the stdlib's own tables before
+the lookup.  Python 2 byte strings are decoded with ``encoding`` (``"utf-8"``
+by default).  A Python 2 ``datetime``/``date``/``time`` stores its state as a
+binary byte string, so pickles holding them need ``encoding="latin1"`` (or
+``"bytes"``, which turns every Python 2 ``str`` into ``bytes``).
+
+Known limit: the allowed types cannot run code or allocate more than the
+pickle's size suggests, but a small pickle can still spend a lot of CPU time
+hashing deeply *shared* tuples put into a set or used as dict keys (tuple
+hashes are not cached).  Backends are configured by the operator; this
+unpickler is a defence against a compromised one, not a sandbox with CPU
+limits.
+"""
+
+from __future__ import annotations
+
+import builtins
+import codecs
+import copyreg
+import fractions
+import importlib
+import io
+import pickle
+import pickletools
+import re
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+from .errors import PickleError, RefusedGlobal
+
+__all__ = [
+    "DEFAULT_ALLOWLIST",
+    "loads",
+    "make_dumps",
+    "make_loads",
+    "resolve_entry",
+]
+
+_Table = dict[tuple[str, str], object]
+
+# Every builtin exception class, under each name builtins gives it (so the
+# aliases IOError and EnvironmentError, which Python 2 pickles use, resolve).
+_EXCEPTION_ENTRIES: Final = frozenset(
+    f"builtins:{name}"
+    for name, obj in vars(builtins).items()
+    if isinstance(obj, type) and issubclass(obj, BaseException)
+)
+
+DEFAULT_ALLOWLIST: Final[frozenset[str]] = frozenset(
+    {
+        # Types that some protocol spells as a call, or passes as the base of
+        # copyreg._reconstructor.  No pickler names int, float or str, and
+        # they stay out: int(Decimal("1e999999999")) computes a billion-digit
+        # number, str(b, encoding) looks codecs up (and may import one).
+        "builtins:object",
+        "builtins:complex",
+        "builtins:tuple",
+        "builtins:list",
+        "builtins:dict",
+        "builtins:set",
+        "builtins:frozenset",
+        "builtins:bytes",  # guarded
+        "builtins:bytearray",  # guarded
+        "_codecs:encode",  # guarded
+        "copyreg:_reconstructor",  # guarded
+        "datetime:date",
+        "datetime:time",
+        "datetime:datetime",
+        "datetime:timedelta",
+        "datetime:timezone",
+        "decimal:Decimal",
+        "fractions:Fraction",  # guarded
+        "uuid:UUID",
+        "collections:OrderedDict",
+    }
+    | _EXCEPTION_ENTRIES
+)
+"""The ``"module:qualname"`` globals a pickle may name, before per-backend extras."""
+
+_LATIN1_NAMES: Final = frozenset({"latin_1", "latin1", "iso_8859_1", "iso8859_1", "l1"})
+
+# The bases copyreg._reduce_ex (protocols 0 and 1) passes for classes that
+# do not override pickling: object for plain classes, a builtin type for
+# subclasses of one.  Only containers are accepted: they merely iterate a
+# hostile ``state``, where int or str would parse or allocate from it.
+_SAFE_BASES: Final = frozenset({object, tuple, list, dict, set, frozenset})
+
+_FRACTION_TEXT: Final = re.compile(r"[+-]?[0-9]+(?:/[0-9]+)?")
+
+_MAX_MESSAGE: Final = 200
+
+
+def _text(value: object) -> str | None:
+    """``value`` as text: Python 2 strings may arrive as bytes (encoding="bytes")."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _is_latin1(encoding: object) -> bool:
+    name = _text(encoding)
+    return name is not None and name.lower().replace("-", "_") in _LATIN1_NAMES
+
+
+def _bytes_args(kind: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Check the arguments of a pickled ``bytes(...)``/``bytearray(...)`` call.
+
+    Picklers write no argument, a bytes object, or (protocols 0-2) a str
+    with a latin-1 codec name.  An integer would be an allocation size.
+    """
+    if not args:
+        return args
+    source = args[0]
+    if isinstance(source, int):
+        raise PickleError(
+            f"refused builtins.{kind}() with an integer argument: it would allocate that many bytes"
+        )
+    if len(args) == 1 and isinstance(source, bytes | bytearray):
+        return args
+    if isinstance(source, str) and len(args) == 2 and _is_latin1(args[1]):
+        return (source, "latin-1")
+    raise PickleError(
+        f"refused builtins.{kind}() arguments: only bytes or a str with a latin-1 codec"
+    )
+
+
+def _guarded_bytes(*args: Any) -> bytes:
+    return bytes(*_bytes_args("bytes", args))
+
+
+def _guarded_bytearray(*args: Any) -> bytearray:
+    return bytearray(*_bytes_args("bytearray", args))
+
+
+def _guarded_encode(obj: object, encoding: object = None, errors: object = "strict") -> bytes:
+    # Protocols 0-2 write bytes as _codecs.encode(text, "latin1"); refuse any
+    # other codec, which could be slow, lossy or need an import.
+    if not isinstance(obj, str) or not _is_latin1(encoding) or _text(errors) != "strict":
+        raise PickleError("refused _codecs.encode(): only str with the latin-1 codec")
+    return obj.encode("latin-1")
+
+
+def _guarded_fraction(numerator: object = 0, denominator: object = None) -> fractions.Fraction:
+    # Python 3.11+ pickles Fraction(n, d) with two ints, older ones with
+    # str(self): "n/d" or "n".  Fraction's own string parser also accepts
+    # exponents, and Fraction(Decimal) expands them: both can be made to
+    # compute a huge power of ten, so only plain integers get through.
+    if denominator is None:
+        if type(numerator) is int:
+            return fractions.Fraction(numerator)
+        text = _text(numerator)
+        if text is not None and _FRACTION_TEXT.fullmatch(text):
+            top, _, bottom = text.partition("/")
+            return fractions.Fraction(int(top), int(bottom) if bottom else 1)
+    elif type(numerator) is int and type(denominator) is int:
+        return fractions.Fraction(numerator, denominator)
+    raise PickleError("refused fractions.Fraction() arguments: only integers or an 'n/d' string")
+
+
+_GUARDS: Final[dict[str, object]] = {
+    "builtins:bytes": _guarded_bytes,
+    "builtins:bytearray": _guarded_bytearray,
+    "_codecs:encode": _guarded_encode,
+    "fractions:Fraction": _guarded_fraction,
+}
+
+
+def _make_reconstructor(classes: frozenset[type]) -> Callable[..., object]:
+    """A ``copyreg._reconstructor`` limited to the table's classes.
+
+    Protocols 0 and 1 pickle an instance of a plain class as
+    ``_reconstructor(cls, base, state)`` followed by BUILD; the stdlib
+    version would instantiate any class it is given.
+    """
+
+    def reconstruct(cls: object, base: object, state: object) -> object:
+        if not (
+            isinstance(cls, type)
+            and cls in classes
+            and base in _SAFE_BASES
+            and isinstance(base, type)
+            and issubclass(cls, base)
+        ):
+            raise PickleError(
+                f"refused copyreg._reconstructor({_qualified(cls)}, {_qualified(base)}, ...): "
+                "the class is not in the allowlist"
+            )
+        if base is object:
+            return object.__new__(cls)
+        container: Any = base  # one of the _SAFE_BASES containers
+        obj = container.__new__(cls, state)
+        if container.__init__ is not object.__init__:  # tuple and frozenset have none
+            container.__init__(obj, state)
+        return obj
+
+    return reconstruct
+
+
+def _qualified(obj: object) -> str:
+    if isinstance(obj, type):
+        return f"{obj.__module__}.{obj.__qualname__}"
+    return type(obj).__name__ + " instance"
+
+
+def resolve_entry(entry: str) -> object:
+    """Import the object an allowlist entry ``"module:qualname"`` names.
+
+    Meant for configuration time (per-backend extras); it imports
+    ``module``.  Guards are not applied here: this returns the real object.
+
+    Raises:
+        ValueError: the entry is malformed, the module cannot be imported or
+            it has no such attribute.
+    """
+    module_name, sep, qualname = entry.partition(":")
+    if (
+        not sep
+        or not all(part.isidentifier() for part in module_name.split("."))
+        or not all(part.isidentifier() for part in qualname.split("."))
+    ):
+        raise ValueError(f"allowlist entry {entry!r} is not of the form 'module:qualname'")
+    try:
+        obj: object = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"allowlist entry {entry!r}: cannot import {module_name}") from exc
+    try:
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise ValueError(f"allowlist entry {entry!r}: {module_name} has no {qualname}") from exc
+    return obj
+
+
+def _build_table(extra: Iterable[str]) -> _Table:
+    table: _Table = {}
+    for entry in DEFAULT_ALLOWLIST:
+        if entry == "copyreg:_reconstructor":
+            continue  # needs the finished class set, added below
+        module_name, _, qualname = entry.partition(":")
+        guard = _GUARDS.get(entry)
+        table[module_name, qualname] = guard if guard is not None else resolve_entry(entry)
+    for entry in extra:
+        obj = resolve_entry(entry)
+        module_name, _, qualname = entry.partition(":")
+        # An extra entry never replaces a default one: that would drop a guard.
+        table.setdefault((module_name, qualname), obj)
+    classes = frozenset(obj for obj in table.values() if isinstance(obj, type))
+    table["copyreg", "_reconstructor"] = _make_reconstructor(classes)
+    return table
+
+
+class _AllowlistUnpickler(pickle.Unpickler):
+    """The C unpickler with :meth:`find_class` reduced to a table lookup."""
+
+    # Set right after construction; a slot is cheaper than a per-instance dict.
+    __slots__ = ("_table",)
+    _table: _Table
+
+    def find_class(self, module_name: str, global_name: str, /) -> Any:
+        # Called for GLOBAL, STACK_GLOBAL, INST, OBJ and the EXT opcodes.
+        obj = self._table.get((module_name, global_name))
+        if obj is None:
+            # Python 2 names (protocols 0-2 from Python 2, or from Python 3
+            # with fix_imports): retry under the Python 3 name.
+            key = NAME_MAPPING.get((module_name, global_name))
+            if key is None:
+                key = (IMPORT_MAPPING.get(module_name, module_name), global_name)
+            obj = self._table.get(key)
+            if obj is None:
+                raise RefusedGlobal(module_name, global_name)
+        return obj
+
+    def persistent_load(self, pid: Any, /) -> Any:
+        raise PickleError("refused a persistent ID: pickles from backends must be self-contained")
+
+
+_EXT_OPCODES: Final = frozenset({"EXT1", "EXT2", "EXT4"})
+
+
+def _refuse_extensions(data: bytes) -> None:
+    """Refuse EXT opcodes while the process has copyreg extensions registered.
+
+    The C unpickler resolves an extension code from ``copyreg``'s cache
+    before asking :meth:`find_class`, so a code that some other unpickler
+    already resolved would bypass the allowlist.  Registry and cache are
+    empty unless something calls ``copyreg.add_extension``, so this slow
+    scan only runs then.
+    """
+    try:
+        for opcode, _, _ in pickletools.genops(data):
+            if opcode.name in _EXT_OPCODES:
+                raise PickleError(
+                    "refused an extension-code opcode: copyreg extensions are not supported"
+                )
+    except ValueError:
+        pass  # malformed: the unpickler itself reports it
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _describe(exc: Exception, encoding: str) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"a Python 2 byte string in the pickle is not valid {encoding}; Python 2 "
+            "pickles of binary strings (datetime objects among them) need "
+            "encoding='latin1' or 'bytes'"
+        )
+    if isinstance(exc, EOFError):
+        return "the pickle ended early (empty or truncated)"
+    if isinstance(exc, MemoryError):
+        return "the pickle declares a value too large to load"
+    if isinstance(exc, pickle.UnpicklingError):
+        return _short(f"malformed pickle: {exc}")
+    return _short(f"cannot unpickle: {type(exc).__name__}: {exc}")
+
+
+def make_loads(extra: Iterable[str] = (), *, encoding: str = "utf-8") -> Callable[[bytes], object]:
+    """Build a ``loads(data)`` that unpickles only allowlisted globals.
+
+    ``extra`` adds ``"module:qualname"`` entries to :data:`DEFAULT_ALLOWLIST`;
+    they are imported now, never while loading.  ``encoding`` decodes the
+    byte strings of Python 2 pickles: a codec name, or ``"bytes"`` to keep
+    them as ``bytes``.
+
+    The returned function raises :class:`~connbridge.errors.RefusedGlobal`
+    for a global outside the allowlist and
+    :class:`~connbridge.errors.PickleError` for any other pickle it cannot
+    load (truncated, malformed, refused arguments, persistent IDs).
+
+    Raises:
+        ValueError: an entry of ``extra`` cannot be resolved, or
+            ``encoding`` is not a known codec.
+    """
+    if encoding != "bytes":
+        try:
+            codecs.lookup(encoding)
+        except LookupError as exc:
+            raise ValueError(f"unknown encoding {encoding!r}") from exc
+    table = _build_table(extra)
+    # The C unpickler consults copyreg's extension cache, then its registry.
+    extension_cache: dict[int, object] = vars(copyreg)["_extension_cache"]
+    inverted_registry: dict[int, object] = vars(copyreg)["_inverted_registry"]
+
+    def loads(data: bytes) -> object:
+        if inverted_registry or extension_cache:
+            _refuse_extensions(data)
+        unpickler = _AllowlistUnpickler(io.BytesIO(data), encoding=encoding)
+        unpickler._table = table
+        try:
+            return unpickler.load()
+        except PickleError:
+            raise  # RefusedGlobal and the guards' refusals, already clear
+        except Exception as exc:
+            # A hostile pickle can make the loader or an allowed constructor
+            # raise nearly anything (ValueError, TypeError, KeyError,
+            # MemoryError for a huge declared length, ...): all mean "bad pickle".
+            raise PickleError(_describe(exc, encoding)) from exc
+
+    return loads
+
+
+_default_loads: Final = make_loads()
+
+
+def loads(data: bytes) -> object:
+    """Unpickle ``data`` with :data:`DEFAULT_ALLOWLIST` (see :func:`make_loads`).
+
+    Raises:
+        RefusedGlobal: the pickle names a global outside the allowlist.
+        PickleError: the pickle cannot be loaded for any other reason.
+    """
+    return _default_loads(data)
+
+
+def make_dumps(protocol: int = 4) -> Callable[[object], bytes]:
+    """Build a ``dumps(obj)`` that pickles with ``protocol``.
+
+    The returned function raises :class:`~connbridge.errors.PickleError` when
+    ``obj`` cannot be pickled.
+
+    Raises:
+        ValueError: ``protocol`` is not between 0 and
+            :data:`pickle.HIGHEST_PROTOCOL`.
+    """
+    if not 0 <= protocol <= pickle.HIGHEST_PROTOCOL:
+        raise ValueError(
+            f"pickle protocol must be between 0 and {pickle.HIGHEST_PROTOCOL}, not {protocol}"
+        )
+
+    def dumps(obj: object) -> bytes:
+        try:
+            return pickle.dumps(obj, protocol)
+        except Exception as exc:
+            raise PickleError(
+                _short(f"cannot pickle a {type(obj).__name__} value: {type(exc).__name__}: {exc}")
+            ) from exc
+
+    return dumps
