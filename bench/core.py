@@ -128,7 +128,9 @@ def ours_pool(address: str, key: bytes) -> float:
     return uvloop.run(run())
 
 
-def row(name: str, ours: Callable[[], float], theirs: Callable[[], float], target: float) -> dict[str, Any]:
+def row(
+    name: str, ours: Callable[[], float], theirs: Callable[[], float], target: float
+) -> dict[str, Any]:
     # Interleave the two sides so drift on a noisy machine hits both alike.
     ours_rates, theirs_rates = [], []
     for _ in range(RUNS):
@@ -163,7 +165,8 @@ def main() -> int:
         )
         rows.append(
             row(
-                f"pool, {CALLERS} callers / {CONNECTIONS} connections (vs stdlib Client in threads)",
+                f"pool, {CALLERS} callers / {CONNECTIONS} connections "
+                "(vs stdlib Client in threads)",
                 lambda: ours_pool(backend.address, key),
                 lambda: stdlib_threads(backend.address, key),
                 2.0,

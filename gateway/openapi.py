@@ -1,0 +1,137 @@
+"""The app's OpenAPI document: FastAPI's, plus what the hand-parsed routes cannot declare.
+
+The compute routes read their bodies themselves (see :mod:`gateway.body`),
+so FastAPI does not know their request bodies. They declare them through
+``openapi_extra`` as references to components that :func:`build_openapi`
+adds from :mod:`gateway.schemas`; each backend's ``payload_schema`` becomes
+a component ``Payload.<name>`` used by its own operation
+``POST /backends/<name>/compute``. When API keys are configured, a bearer
+security scheme is declared and required on every operation that needs one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from .problems import MEDIA_TYPE, PROBLEM_TYPES
+from .schemas import BatchRequest, ComputeRequest, Problem
+from .state import GatewayState
+
+__all__ = [
+    "PUBLIC_PATHS",
+    "build_openapi",
+    "compute_request_ref",
+    "problem_responses",
+    "request_body",
+]
+
+_REF: Final = "#/components/schemas/"
+#: Operations that never need an API key.
+PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})
+
+
+def compute_request_ref(backend: str | None = None) -> str:
+    """Component name of a compute request body (per backend when it has a schema)."""
+    return f"ComputeRequest.{backend}" if backend is not None else "ComputeRequest"
+
+
+def request_body(component: str, example: Any = None) -> dict[str, Any]:
+    """An ``openapi_extra`` fragment declaring a required JSON body of ``component``."""
+    media: dict[str, Any] = {"schema": {"$ref": _REF + component}}
+    if example is not None:
+        media["example"] = example
+    return {"requestBody": {"required": True, "content": {"application/json": media}}}
+
+
+def _titles(status: int) -> str:
+    titles = sorted({row.title for row in PROBLEM_TYPES.values() if row.status == status})
+    return "; ".join(titles) or "Error"
+
+
+def problem_responses(
+    statuses: Iterable[int], descriptions: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries for the problem statuses an operation can answer with.
+
+    A status is described by the titles of its table rows unless
+    ``descriptions`` says otherwise.
+    """
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        out[status] = {
+            "description": (descriptions or {}).get(status) or _titles(status),
+            "content": {MEDIA_TYPE: {"schema": {"$ref": _REF + "Problem"}}},
+        }
+    return out
+
+
+def _problem_components() -> dict[str, Any]:
+    _, defs = models_json_schema(
+        [(ComputeRequest, "validation"), (BatchRequest, "validation"), (Problem, "serialization")],
+        ref_template=_REF + "{model}",
+    )
+    schemas: dict[str, Any] = defs.get("$defs", {})
+    return schemas
+
+
+def _backend_request(base: dict[str, Any], name: str) -> dict[str, Any]:
+    body = copy.deepcopy(base)
+    body["title"] = f"ComputeRequest for {name}"
+    body.pop("examples", None)  # they need not match this backend's schema
+    properties = body.setdefault("properties", {})
+    properties.pop("backend", None)
+    properties["payload"] = {"$ref": f"{_REF}Payload.{name}"}
+    return body
+
+
+def build_openapi(app: FastAPI, state: GatewayState) -> dict[str, Any]:
+    """The OpenAPI document of ``app`` (computed once, then cached on the app)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    document = get_openapi(
+        title=app.title,
+        version=app.version,
+        openapi_version=app.openapi_version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+        servers=app.servers,
+    )
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for key, value in _problem_components().items():
+        schemas.setdefault(key, value)
+    base = schemas["ComputeRequest"]
+    for name, backend in state.backends.items():
+        payload_schema = backend.settings.payload_schema
+        if payload_schema is None:
+            continue
+        schemas[f"Payload.{name}"] = copy.deepcopy(payload_schema)
+        schemas[compute_request_ref(name)] = _backend_request(base, name)
+    if state.keys.enabled:
+        components["securitySchemes"] = {
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key: `Authorization: Bearer <key>`.",
+            }
+        }
+        public = set(PUBLIC_PATHS)
+        if state.settings.gateway.metrics_public:
+            public.add("/metrics")
+        for path, item in document.get("paths", {}).items():
+            if path in public:
+                continue
+            for operation in item.values():
+                if isinstance(operation, dict):
+                    operation["security"] = [{"apiKey": []}]
+                    operation.setdefault("responses", {}).update(problem_responses([401]))
+    app.openapi_schema = document
+    return document

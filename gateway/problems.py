@@ -1,0 +1,420 @@
+"""Every error the gateway answers with, as an RFC 9457 ``application/problem+json`` body.
+
+One table, :data:`PROBLEM_TYPES`, maps exception classes to a status, a
+stable ``type`` URI and a title; the exception handlers of :func:`install`
+look an exception up by its class (then its bases) and nothing else in the
+gateway picks a status for an error.
+
+``type`` URIs are ``https://connbridge.dev/problems/<slug>``: the slug is
+the stable part, and changing one is a breaking change of the API. Statuses
+that have no entry of their own (an unusual ``HTTPException`` from Starlette)
+use ``about:blank`` with the status phrase as title, as RFC 9457 suggests.
+
+=============================  ======  ==========================================
+slug                           status  raised for
+=============================  ======  ==========================================
+malformed-json                 400     a body that is not valid JSON
+unauthorized                   401     a missing or unknown API key
+forbidden                      403     a key not allowed for the backend
+unknown-backend                404     no backend by that name
+not-found                      404     no route for the path
+method-not-allowed             405     the route exists with another method
+body-too-large                 413     a body over ``max_body_bytes``
+unsupported-media-type         415     a body that is not ``application/json``
+invalid-request                422     a request body of the wrong shape
+invalid-payload                422     a payload the schema or the codec refuses
+backend-exception              502     the backend answered with an exception
+backend-connection-lost        502     the backend closed the connection mid-call
+backend-protocol-error         502     the backend broke the framing rules
+refused-pickle                 502     a reply the allowlist unpickler refused
+unconvertible-result           502     a reply with no JSON form
+overloaded                     503     too many callers wait for a connection
+shutting-down                  503     the gateway is closing its pools
+backend-unreachable            503     no address of the backend can be reached
+backend-authentication-failed  503     the handshake with the backend failed
+not-ready                      503     ``/readyz``: some backend is not ready
+backend-timeout                504     no reply within the call timeout
+internal-error                 500     a bug; details are only logged
+=============================  ======  ==========================================
+
+A body has ``type``, ``title``, ``status``, ``detail``, ``instance`` (the
+request path) and ``request_id``, plus extensions: ``errors`` (a list of
+``{"detail", "pointer"}`` with a JSON Pointer into the request body) for 422,
+``backend`` when one was chosen, ``exception`` (``{"type", "args"}``) for
+``backend-exception``. No traceback and no key ever appears in one.
+
+The gateway's own request errors are the :class:`GatewayError` subtree
+(under :class:`~connbridge.errors.ConnbridgeError`)::
+
+    GatewayError
+    ├── MalformedJSON
+    ├── UnsupportedMediaType
+    ├── BodyTooLarge
+    ├── Unauthorized
+    ├── Forbidden
+    ├── UnknownBackend
+    ├── InvalidRequest              (errors: list of {"detail", "pointer"})
+    ├── InvalidPayload              (errors, as above)
+    ├── BackendRaised               (the backend's exception object)
+    └── NotReady
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Final
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from connbridge.codec import to_json
+from connbridge.errors import (
+    BackendUnavailable,
+    CallTimeout,
+    ConnbridgeError,
+    ConnectError,
+    ConnectionClosed,
+    HandshakeError,
+    PayloadError,
+    PickleError,
+    PoolClosed,
+    PoolOverloaded,
+    ProtocolError,
+    ResultError,
+)
+
+from .log import request_context
+
+__all__ = [
+    "INTERNAL_ERROR",
+    "MEDIA_TYPE",
+    "PROBLEM_BASE",
+    "PROBLEM_TYPES",
+    "BackendRaised",
+    "BodyTooLarge",
+    "Forbidden",
+    "GatewayError",
+    "InvalidPayload",
+    "InvalidRequest",
+    "MalformedJSON",
+    "NotReady",
+    "ProblemType",
+    "Unauthorized",
+    "UnknownBackend",
+    "UnsupportedMediaType",
+    "describe",
+    "install",
+    "pointer",
+    "problem_body",
+    "problem_for",
+    "problem_response",
+]
+
+logger = logging.getLogger("connbridge.gateway")
+
+MEDIA_TYPE: Final = "application/problem+json"
+PROBLEM_BASE: Final = "https://connbridge.dev/problems/"
+
+
+# -- the gateway's own errors ---------------------------------------------------------
+
+
+class GatewayError(ConnbridgeError):
+    """An error the gateway finds in a request, or about a backend's answer.
+
+    ``extras`` become extension members of the problem body; ``headers``
+    are added to the response.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        extras: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extras = dict(extras or {})
+        self.headers = dict(headers or {})
+
+
+class MalformedJSON(GatewayError):
+    """The body is not valid JSON (or not UTF-8)."""
+
+
+class UnsupportedMediaType(GatewayError):
+    """The body is not declared as JSON; form and text bodies are refused even if they parse."""
+
+
+class BodyTooLarge(GatewayError):
+    """The body is larger than ``max_body_bytes``; it was not read to the end."""
+
+
+class Unauthorized(GatewayError):
+    """No API key, an unknown one, or not a ``Bearer`` credential."""
+
+
+class Forbidden(GatewayError):
+    """The API key is valid but not allowed for the backend asked for."""
+
+
+class UnknownBackend(GatewayError):
+    """No backend is configured by that name (or none is the default)."""
+
+
+class InvalidRequest(GatewayError):
+    """The request body does not have the documented shape; ``errors`` says where."""
+
+    def __init__(self, detail: str, errors: Sequence[Mapping[str, Any]]) -> None:
+        super().__init__(detail, extras={"errors": list(errors)})
+        self.errors = list(errors)
+
+
+class InvalidPayload(GatewayError):
+    """The payload breaks the backend's ``payload_schema`` or the codec's rules."""
+
+    def __init__(self, detail: str, errors: Sequence[Mapping[str, Any]]) -> None:
+        super().__init__(detail, extras={"errors": list(errors)})
+        self.errors = list(errors)
+
+
+class BackendRaised(GatewayError):
+    """The backend answered with an exception object (not an error of the transport)."""
+
+    def __init__(self, exc: BaseException, *, result_format: str = "json") -> None:
+        kind = type(exc)
+        try:
+            encoded = to_json(exc, format=result_format)  # type: ignore[arg-type]
+            described = encoded["$exception"]  # type: ignore[index]
+        except (ResultError, KeyError, TypeError):
+            # The arguments have no JSON form: say what it was, without them.
+            name = kind.__name__ if kind.__module__ == "builtins" else kind.__qualname__
+            described = {"type": name, "args": None}
+        super().__init__(
+            f"the backend answered with an exception: {described['type']}",
+            extras={"exception": described},
+        )
+        self.exception = exc
+
+
+class NotReady(GatewayError):
+    """``/readyz``: at least one backend cannot currently be reached."""
+
+
+# -- the table --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemType:
+    """One row of the table: what an error looks like on the wire."""
+
+    slug: str
+    status: int
+    title: str
+    #: Seconds for a ``Retry-After`` header, for errors that pass by themselves.
+    retry_after: int | None = None
+
+    @property
+    def uri(self) -> str:
+        return PROBLEM_BASE + self.slug if self.slug != "about:blank" else self.slug
+
+
+def _row(slug: str, status: int, title: str, retry_after: int | None = None) -> ProblemType:
+    return ProblemType(slug, status, title, retry_after)
+
+
+INTERNAL_ERROR: Final = _row("internal-error", 500, "Internal error")
+NOT_FOUND: Final = _row("not-found", 404, "Not found")
+METHOD_NOT_ALLOWED: Final = _row("method-not-allowed", 405, "Method not allowed")
+
+#: The one table: exception class -> problem type. Looked up along the MRO, so
+#: the most specific class listed wins (``AcquireTimeout`` is a ``PoolOverloaded``).
+PROBLEM_TYPES: Final[Mapping[type[BaseException], ProblemType]] = {
+    MalformedJSON: _row("malformed-json", 400, "Malformed JSON"),
+    Unauthorized: _row("unauthorized", 401, "Missing or invalid API key"),
+    Forbidden: _row("forbidden", 403, "API key not allowed for this backend"),
+    UnknownBackend: _row("unknown-backend", 404, "Unknown backend"),
+    BodyTooLarge: _row("body-too-large", 413, "Request body too large"),
+    UnsupportedMediaType: _row("unsupported-media-type", 415, "Request body must be JSON"),
+    InvalidRequest: _row("invalid-request", 422, "Invalid request"),
+    RequestValidationError: _row("invalid-request", 422, "Invalid request"),
+    InvalidPayload: _row("invalid-payload", 422, "Invalid payload"),
+    PayloadError: _row("invalid-payload", 422, "Invalid payload"),
+    BackendRaised: _row("backend-exception", 502, "Backend raised an exception"),
+    ConnectionClosed: _row("backend-connection-lost", 502, "Backend closed the connection"),
+    ProtocolError: _row("backend-protocol-error", 502, "Backend broke the protocol"),
+    PickleError: _row("refused-pickle", 502, "Backend reply refused"),
+    ResultError: _row("unconvertible-result", 502, "Backend reply has no JSON form"),
+    PoolOverloaded: _row("overloaded", 503, "Backend overloaded", retry_after=1),
+    PoolClosed: _row("shutting-down", 503, "Gateway shutting down", retry_after=1),
+    BackendUnavailable: _row("backend-unreachable", 503, "Backend unreachable"),
+    ConnectError: _row("backend-unreachable", 503, "Backend unreachable"),
+    HandshakeError: _row(
+        "backend-authentication-failed", 503, "Authentication to the backend failed"
+    ),
+    NotReady: _row("not-ready", 503, "Not ready", retry_after=1),
+    CallTimeout: _row("backend-timeout", 504, "Backend timeout"),
+}
+
+
+def problem_for(exc: BaseException) -> ProblemType:
+    """The table row for ``exc``: its class or nearest listed base, else ``internal-error``."""
+    for cls in type(exc).__mro__:
+        row = PROBLEM_TYPES.get(cls)
+        if row is not None:
+            return row
+    return INTERNAL_ERROR
+
+
+def _status_row(status: int) -> ProblemType:
+    if status == 404:
+        return NOT_FOUND
+    if status == 405:
+        return METHOD_NOT_ALLOWED
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return ProblemType("about:blank", status, phrase)
+
+
+# -- bodies and responses ---------------------------------------------------------------
+
+
+def problem_body(
+    row: ProblemType,
+    detail: str,
+    *,
+    instance: str | None = None,
+    request_id: str | None = None,
+    extras: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON object of a problem (also used for the errors inside a batch)."""
+    body: dict[str, Any] = {
+        "type": row.uri,
+        "title": row.title,
+        "status": row.status,
+        "detail": detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    if request_id is not None:
+        body["request_id"] = request_id
+    if extras:
+        for key, value in extras.items():
+            body.setdefault(key, value)
+    return body
+
+
+def problem_response(
+    row: ProblemType,
+    detail: str,
+    *,
+    scope: Mapping[str, Any] | None = None,
+    extras: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """A complete ``application/problem+json`` response for ``row``.
+
+    ``scope`` (the ASGI scope of the request) supplies ``instance``, the
+    request id and the backend, when known.
+    """
+    instance = request_id = None
+    merged = dict(extras or {})
+    if scope is not None:
+        instance = scope.get("path")
+        context = request_context(scope)
+        if context is not None:
+            request_id = context.request_id
+            if context.backend is not None:
+                merged.setdefault("backend", context.backend)
+    body = problem_body(row, detail, instance=instance, request_id=request_id, extras=merged)
+    out = dict(headers or {})
+    if row.retry_after is not None:
+        out.setdefault("Retry-After", str(row.retry_after))
+    return Response(orjson.dumps(body), status_code=row.status, headers=out, media_type=MEDIA_TYPE)
+
+
+def describe(exc: BaseException) -> tuple[ProblemType, str, dict[str, Any], dict[str, str]]:
+    """``(row, detail, extras, headers)`` for an exception, as the handlers render it."""
+    row = problem_for(exc)
+    if row is INTERNAL_ERROR:
+        return INTERNAL_ERROR, "an internal error occurred; see the gateway log", {}, {}
+    if isinstance(exc, GatewayError):
+        return row, exc.detail, exc.extras, exc.headers
+    if isinstance(exc, PayloadError):
+        # Raised with a path by the codec (inside "payload"); without one by
+        # the JSON parser, which cannot say where the body nests too deeply.
+        if not exc.path:
+            return row, str(exc), {}, {}
+        where = pointer(["payload", *exc.path])
+        return row, str(exc), {"errors": [{"detail": str(exc), "pointer": where}]}, {}
+    # connbridge messages never contain a key (see connbridge.errors).
+    return row, str(exc), {}, {}
+
+
+def _escape(part: object) -> str:
+    # JSON Pointer (RFC 6901) escaping of one reference token.
+    return str(part).replace("~", "~0").replace("/", "~1")
+
+
+def pointer(location: Sequence[object]) -> str:
+    """A JSON Pointer fragment (``#/a/0``) for a path of keys and indexes."""
+    return "#" + "".join(f"/{_escape(p)}" for p in location)
+
+
+# -- handlers -----------------------------------------------------------------------------
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    row, detail, extras, headers = describe(exc)
+    if row is INTERNAL_ERROR:
+        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(row, detail, scope=request.scope, extras=extras, headers=headers)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    row = _status_row(exc.status_code)
+    detail = exc.detail if isinstance(exc.detail, str) else row.title
+    return problem_response(row, detail, scope=request.scope, headers=exc.headers)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in exc.errors():
+        location = list(error.get("loc", ()))
+        where = location[0] if location else "body"
+        item: dict[str, Any] = {"detail": str(error.get("msg", "invalid"))}
+        if where == "body":
+            item["pointer"] = pointer(location[1:])
+        else:
+            item["parameter"] = str(location[-1]) if location else ""
+            item["in"] = str(where)
+        errors.append(item)
+    row = PROBLEM_TYPES[RequestValidationError]
+    return problem_response(
+        row, "the request does not match the API", scope=request.scope, extras={"errors": errors}
+    )
+
+
+async def _on_disconnect(request: Request, exc: Exception) -> Response:
+    # Nobody reads this answer; it only gives the access log a status.
+    return problem_response(_status_row(400), "the client disconnected", scope=request.scope)
+
+
+def install(app: FastAPI) -> None:
+    """Register the problem handlers on ``app`` (FastAPI's defaults are replaced)."""
+    app.add_exception_handler(ClientDisconnect, _on_disconnect)
+    app.add_exception_handler(ConnbridgeError, _on_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)

@@ -1,0 +1,214 @@
+"""``POST /compute``, ``POST /backends/{name}/compute`` and ``POST /compute/batch``.
+
+Each backend gets its own route ``POST /backends/<name>/compute`` so that the
+OpenAPI document can show that backend's ``payload_schema`` on its own
+operation; a catch-all ``/backends/{name}/compute`` (not in the document)
+answers 403 or 404 for other names.
+
+The bodies are read and written by hand (:mod:`gateway.body`, orjson); the
+models of :mod:`gateway.schemas` only document them. For the same reason the
+endpoints take the bare ``Request`` and call :func:`~gateway.deps.gateway_state`
+and :func:`~gateway.deps.authenticate` themselves rather than declaring
+dependencies (see :mod:`gateway.deps`); the OpenAPI security requirement is
+added by :mod:`gateway.openapi`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from connbridge.errors import ConnbridgeError
+
+from ..body import read_json
+from ..calls import parse_call, run_call
+from ..deps import authenticate, gateway_state, set_backend
+from ..log import request_context
+from ..openapi import compute_request_ref, problem_responses, request_body
+from ..problems import INTERNAL_ERROR, InvalidRequest, describe, pointer, problem_body
+from ..schemas import BatchResponse, ComputeResponse
+from ..state import GatewayState
+
+__all__ = ["router"]
+
+logger = logging.getLogger("connbridge.gateway")
+
+_JSON: Final = "application/json"
+#: Problem statuses of a compute operation (401 is added when keys are configured).
+_CALL_ERRORS: Final = (400, 403, 404, 413, 415, 422, 502, 503, 504)
+_CALL_DESCRIPTIONS: Final = {
+    422: "The request or its payload is invalid (schema, unknown tag, nesting too deep)",
+    502: "The backend answered with an exception, broke the protocol, closed the "
+    "connection mid-call, or sent a reply that was refused or has no JSON form",
+    503: "The backend is unreachable, refused our key, or is overloaded (see Retry-After), "
+    "or the gateway is shutting down",
+}
+_BATCH_ERRORS: Final = (400, 413, 415, 422)
+_BACKEND_ROUTE: Final = "/backends/{name}/compute"
+
+
+def _label(request: Request, route: str) -> None:
+    context = request_context(request.scope)
+    if context is not None:
+        context.route = route
+
+
+async def _compute(request: Request, name: str | None) -> Response:
+    state = gateway_state(request.app)
+    caller = authenticate(request, state)  # before the body is read
+    body = await read_json(request, state.settings.gateway.max_body_bytes)
+    call = parse_call(body)
+    if name is not None:
+        if call.backend is not None and call.backend != name:
+            raise InvalidRequest(
+                f"the path names backend {name!r} but the body names {call.backend!r}",
+                [{"detail": "must match the backend in the path", "pointer": "#/backend"}],
+            )
+        call.backend = name
+    backend = state.backend_for(caller, call.backend)
+    set_backend(request, backend.name)
+    answer = await run_call(state, backend, call)
+    return Response(orjson.dumps(answer), media_type=_JSON)
+
+
+def _backend_endpoint(name: str) -> Callable[..., Coroutine[Any, Any, Response]]:
+    async def compute_on_backend(request: Request) -> Response:
+        _label(request, _BACKEND_ROUTE)
+        return await _compute(request, name)
+
+    return compute_on_backend
+
+
+def router(state: GatewayState) -> APIRouter:
+    """The compute routes for the backends of ``state``."""
+    api = APIRouter(tags=["compute"])
+    example = {"payload": [5, 6]}
+
+    @api.post(
+        "/compute",
+        operation_id="compute",
+        summary="Call a backend",
+        description=(
+            "Pickle `payload`, send it to the backend (the default one unless `backend` "
+            "names another), and answer with its reply as JSON."
+        ),
+        response_model=ComputeResponse,
+        responses=problem_responses(_CALL_ERRORS, _CALL_DESCRIPTIONS),
+        openapi_extra=request_body(compute_request_ref(), example),
+    )
+    async def compute(request: Request) -> Response:
+        return await _compute(request, None)
+
+    for name, backend in state.backends.items():
+        schema = backend.settings.payload_schema
+        has_schema = schema is not None
+        examples = schema.get("examples") if schema is not None else None
+        backend_example = (
+            {"payload": examples[0]} if isinstance(examples, list) and examples else None
+        )
+        api.add_api_route(
+            f"/backends/{name}/compute",
+            _backend_endpoint(name),
+            methods=["POST"],
+            operation_id=f"compute_on_{name}",
+            summary=f"Call backend {name}",
+            description=(
+                f"Like `POST /compute` with `backend` = `{name}`."
+                + (" The payload must match this backend's schema." if has_schema else "")
+            ),
+            response_model=ComputeResponse,
+            responses=problem_responses(_CALL_ERRORS, _CALL_DESCRIPTIONS),
+            openapi_extra=request_body(
+                compute_request_ref(name if has_schema else None),
+                backend_example if has_schema else example,
+            ),
+        )
+
+    @api.post(_BACKEND_ROUTE, include_in_schema=False)
+    async def compute_on_unknown(request: Request, name: str) -> Response:
+        # Only names with no route of their own get here: 403 or 404.
+        return await _compute(request, name)
+
+    @api.post(
+        "/compute/batch",
+        operation_id="compute_batch",
+        summary="Make several calls",
+        description=(
+            "Run each request as `POST /compute` would, concurrently within a bound, and "
+            "answer with one entry per request, in order: a result or an `error` problem."
+        ),
+        response_model=BatchResponse,
+        responses=problem_responses(_BATCH_ERRORS),
+        openapi_extra=request_body(
+            "BatchRequest", {"requests": [{"payload": [1, 2]}, {"payload": [3, 4]}]}
+        ),
+    )
+    async def compute_batch(request: Request) -> Response:
+        state = gateway_state(request.app)
+        caller = authenticate(request, state)
+        settings = state.settings.gateway
+        body = await read_json(request, settings.max_body_bytes)
+        requests = _batch_requests(body, settings.batch_max_requests)
+        context = request_context(request.scope)
+        request_id = context.request_id if context is not None else None
+        path = request.scope["path"]
+        limit = asyncio.Semaphore(settings.batch_concurrency)
+
+        async def one(index: int, item: object) -> dict[str, Any]:
+            at = ("requests", index)
+            backend_name = None
+            try:
+                call = parse_call(item, at=at)
+                backend = state.backend_for(caller, call.backend)
+                backend_name = backend.name
+                async with limit:
+                    return await run_call(state, backend, call, at=at)
+            except Exception as exc:
+                if not isinstance(exc, ConnbridgeError):
+                    logger.error("batch entry %d failed", index, exc_info=exc)
+                row, detail, extras, _ = describe(exc)
+                if row is INTERNAL_ERROR:
+                    extras = {}
+                extras = {**extras, "pointer": pointer(at)}
+                if backend_name is not None:
+                    extras["backend"] = backend_name
+                error = problem_body(
+                    row, detail, instance=path, request_id=request_id, extras=extras
+                )
+                return {"error": error}
+
+        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(requests)))
+        return Response(orjson.dumps({"results": results}), media_type=_JSON)
+
+    return api
+
+
+def _batch_requests(body: object, most: int) -> list[object]:
+    if type(body) is not dict or "requests" not in body:
+        raise InvalidRequest(
+            'a batch must be an object {"requests": [...]}',
+            [{"detail": "expected an object with a 'requests' array", "pointer": "#"}],
+        )
+    extra = [key for key in body if key != "requests"]
+    if extra:
+        raise InvalidRequest(
+            "a batch has only 'requests'",
+            [{"detail": f"unknown field {key!r}", "pointer": pointer([key])} for key in extra],
+        )
+    requests = body["requests"]
+    if type(requests) is not list:
+        raise InvalidRequest(
+            "'requests' must be an array", [{"detail": "must be an array", "pointer": "#/requests"}]
+        )
+    if len(requests) > most:
+        raise InvalidRequest(
+            f"a batch holds at most {most} requests, not {len(requests)}",
+            [{"detail": f"at most {most} items", "pointer": "#/requests"}],
+        )
+    return requests

@@ -1,0 +1,157 @@
+"""Pydantic models of the API's bodies, for the OpenAPI document only.
+
+The routes parse and write their JSON by hand (see :mod:`gateway.body` and
+:mod:`gateway.calls`): these models describe the same shapes so the docs and
+client generators know them, and are never used to validate a request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BackendInfo",
+    "BackendList",
+    "BatchError",
+    "BatchRequest",
+    "BatchResponse",
+    "ComputeRequest",
+    "ComputeResponse",
+    "ExceptionInfo",
+    "Health",
+    "Problem",
+    "ProblemItem",
+    "Readiness",
+]
+
+
+class ComputeRequest(BaseModel):
+    """One call: the payload is pickled and sent to the backend, the reply comes back."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"payload": [5, 6]}, {"payload": ["mark", "帅哥"]}]},
+    )
+
+    backend: str | None = Field(None, description="Backend name; the default backend when omitted.")
+    payload: Any = Field(
+        description=(
+            "Any JSON value. Objects whose only key is a `$` tag stand for Python types: "
+            '`{"$tuple": [1, 2]}`, `{"$bytes": "<base64>"}`, `{"$set": [...]}`, '
+            '`{"$int": "<digits>"}`, `{"$datetime": "<ISO 8601>"}`, ...'
+        )
+    )
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds; can only shorten the backend's configured timeout.",
+    )
+    result_format: Literal["json", "tagged"] = Field(
+        "json",
+        description=(
+            "`json`: natural JSON (tuples as arrays, dates as ISO strings). "
+            "`tagged`: lossless, with `$` tags, the inverse of the payload encoding."
+        ),
+    )
+
+
+class ComputeResponse(BaseModel):
+    """The backend's reply."""
+
+    result: Any = Field(description="The reply, converted to JSON as `result_format` asks.")
+    backend: str = Field(description="The backend that answered.")
+    elapsed_ms: float = Field(description="Time spent waiting for the backend, in milliseconds.")
+
+
+class ProblemItem(BaseModel):
+    """One error in a request, located by a JSON Pointer into the body."""
+
+    model_config = ConfigDict(extra="allow")
+
+    detail: str
+    pointer: str | None = Field(None, description="JSON Pointer fragment, e.g. `#/payload/0`.")
+
+
+class ExceptionInfo(BaseModel):
+    """An exception object the backend answered with."""
+
+    type: str = Field(description="Class name (`ValueError`, or `module.Class`).")
+    args: list[Any] | None = Field(description="Its arguments as JSON; null when they have none.")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (`application/problem+json`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="Stable URI of the kind of problem.")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(None, description="Path of the request.")
+    request_id: str | None = Field(None, description="Also in the `X-Request-ID` header.")
+    backend: str | None = None
+    errors: list[ProblemItem] | None = None
+    exception: ExceptionInfo | None = None
+
+
+class BatchRequest(BaseModel):
+    """Several calls at once; they run concurrently and answer in order."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"requests": [{"payload": [1, 2]}, {"payload": [3, 4]}]}]},
+    )
+
+    requests: list[ComputeRequest]
+
+
+class BatchError(BaseModel):
+    """A call of a batch that failed."""
+
+    error: Problem
+
+
+class BatchResponse(BaseModel):
+    """One entry per request, in request order: a result or an error."""
+
+    results: list[ComputeResponse | BatchError]
+
+
+class BackendInfo(BaseModel):
+    """A backend as ``GET /backends`` shows it; never a key."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    default: bool
+    addresses: list[str]
+    timeout: float
+    max_connections: int
+    pickle_protocol: int
+    payload_schema: dict[str, Any] | None
+    health: dict[str, Any]
+    stats: dict[str, Any]
+
+
+class BackendList(BaseModel):
+    """The backends the caller's key may use."""
+
+    backends: list[BackendInfo]
+
+
+class Health(BaseModel):
+    """The process is up."""
+
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """Every backend can be reached."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ready"]
+    backends: dict[str, dict[str, Any]]

@@ -1,0 +1,187 @@
+"""What one gateway app holds while it runs: settings, keys, backends and their pools.
+
+:class:`GatewayState` is built by :func:`gateway.app.create_app` (nothing
+here runs at import time); its pools are opened by the app's lifespan
+(:meth:`GatewayState.start`) and closed by it (:meth:`GatewayState.close`).
+Routes get it through the ``State`` dependency of :mod:`gateway.deps`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import jsonschema.protocols
+
+from connbridge.pool import Pool, PoolSettings
+
+from .auth import KeyRing, Principal
+from .metrics import GatewayMetrics
+from .problems import InvalidRequest, UnknownBackend
+from .settings import BackendSettings, ConfigError, Settings
+
+__all__ = ["RESULT_MAX_DEPTH", "Backend", "GatewayState", "pool_settings"]
+
+logger = logging.getLogger("connbridge.gateway")
+
+#: Deepest result nesting handed to orjson: its limit (254) less the envelope
+#: of a batch response (``{"results": [{"result": ...}]}``).
+RESULT_MAX_DEPTH = 250
+
+
+def pool_settings(backend: BackendSettings, *, close_grace: float) -> PoolSettings:
+    """The pool's settings for one ``[backends.NAME]`` table."""
+    return PoolSettings(
+        max_connections=backend.max_connections,
+        acquire_timeout=backend.acquire_timeout,
+        call_timeout=backend.timeout,
+        connect_timeout=backend.connect_timeout,
+        handshake_timeout=backend.handshake_timeout,
+        idle_timeout=backend.idle_timeout,
+        max_lifetime=backend.max_lifetime,
+        max_waiters=backend.max_waiters,
+        close_grace=max(close_grace, 0.001),
+        max_frame=backend.max_frame,
+        allow_md5=backend.allow_md5,
+        pickle_protocol=backend.pickle_protocol,
+        allowlist=backend.allowlist,
+        py2_encoding=backend.py2_encoding,
+    )
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    """One configured backend: its settings, schema validator and (once started) pool."""
+
+    name: str
+    settings: BackendSettings
+    validator: jsonschema.protocols.Validator | None
+    authkey: bytes | None = field(repr=False)
+    pool: Pool | None = None
+
+    @property
+    def timeout(self) -> float:
+        return self.settings.timeout
+
+    def running_pool(self) -> Pool:
+        """The pool; raises ``RuntimeError`` before the app's lifespan started it."""
+        if self.pool is None:
+            raise RuntimeError(f"backend {self.name}: the app has not started")
+        return self.pool
+
+
+class GatewayState:
+    """Settings, API keys, backends and metrics of one app."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Prepare the backends (read authkeys, compile schemas); open nothing.
+
+        Raises:
+            ConfigError: an authkey cannot be read, or ``default_backend``
+                names no backend.
+        """
+        self.settings = settings
+        self.keys = KeyRing(settings.auth.keys)
+        self.default_backend = settings.default_backend
+        problems = settings.cross_check()
+        for name, backend in settings.backends.items():
+            problem = backend.resolve_authkey()
+            if problem is not None:
+                problems.append((f"backends.{name}.{problem[0]}", problem[1]))
+        if problems:
+            raise ConfigError("configuration", problems)
+        self.backends: dict[str, Backend] = {}
+        for name, backend in settings.backends.items():
+            validator = None
+            if backend.payload_schema is not None:
+                cls = jsonschema.validators.validator_for(backend.payload_schema)
+                validator = cls(backend.payload_schema)
+            self.backends[name] = Backend(name, backend, validator, backend.authkey_bytes())
+        self.metrics = GatewayMetrics(self.pools)
+        self.max_depth = settings.gateway.max_depth
+        self.result_max_depth = min(settings.gateway.max_depth, RESULT_MAX_DEPTH)
+        self.started = False
+
+    def pools(self) -> dict[str, Pool]:
+        """The running pools by backend name (empty before start)."""
+        return {name: b.pool for name, b in self.backends.items() if b.pool is not None}
+
+    async def start(self) -> None:
+        """Create and start one pool per backend (a backend that is down is no error)."""
+        grace = self.settings.gateway.shutdown_grace
+        for backend in self.backends.values():
+            backend.pool = Pool(
+                list(backend.settings.address),
+                authkey=backend.authkey,
+                settings=pool_settings(backend.settings, close_grace=grace),
+                name=backend.name,
+            )
+        await asyncio.gather(*(pool.start() for pool in self.pools().values()))
+        self.started = True
+        for name, pool in self.pools().items():
+            logger.info(
+                "backend %s: %s (%s)",
+                name,
+                ", ".join(str(a) for a in pool.addresses),
+                pool.health()["status"],
+            )
+
+    async def close(self) -> None:
+        """Close every pool, letting calls in flight finish within ``shutdown_grace``."""
+        grace = self.settings.gateway.shutdown_grace
+        pools = list(self.pools().values())
+        await asyncio.gather(*(pool.close(grace) for pool in pools), return_exceptions=True)
+
+    def backend_for(self, principal: Principal, name: str | None) -> Backend:
+        """The backend a caller asks for (``None``: the default), checked against its scope.
+
+        A name outside the caller's scope is refused before its existence is
+        checked, so a scoped key cannot probe which backends exist.
+
+        Raises:
+            InvalidRequest: no name was given and there is no default backend.
+            Forbidden: the caller's key does not include the backend.
+            UnknownBackend: no backend has that name.
+        """
+        if name is None:
+            name = self.default_backend
+            if name is None:
+                raise InvalidRequest(
+                    "name a backend: several are configured and none is the default",
+                    [
+                        {
+                            "detail": "required when there is no default backend",
+                            "pointer": "#/backend",
+                        }
+                    ],
+                )
+        principal.require(name)
+        backend = self.backends.get(name)
+        if backend is None:
+            raise UnknownBackend(f"no backend is named {name!r}")
+        return backend
+
+    def describe_backends(self, principal: Principal) -> list[dict[str, Any]]:
+        """``GET /backends``: what the caller may use, without any secret."""
+        out = []
+        for name, backend in self.backends.items():
+            if not principal.may_use(name):
+                continue
+            pool = backend.pool
+            out.append(
+                {
+                    "name": name,
+                    "default": name == self.default_backend,
+                    "addresses": [str(a) for a in backend.settings.address],
+                    "timeout": backend.settings.timeout,
+                    "max_connections": backend.settings.max_connections,
+                    "pickle_protocol": backend.settings.pickle_protocol,
+                    "payload_schema": backend.settings.payload_schema,
+                    "health": pool.health() if pool is not None else {"status": "unknown"},
+                    "stats": pool.stats() if pool is not None else {},
+                }
+            )
+        return out

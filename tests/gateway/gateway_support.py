@@ -1,0 +1,128 @@
+"""Helpers of the gateway tests: the real app, served by uvicorn on a real port.
+
+:func:`serve_gateway` runs ``create_app(settings)`` under ``uvicorn.Server``
+in the test's own event loop, on 127.0.0.1 with a port picked by the kernel,
+and yields an ``httpx.AsyncClient`` bound to it. Its lifespan opens real
+pools to real backends (subprocesses from the ``start_backend`` fixtures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from gateway.app import create_app
+from gateway.deps import gateway_state
+from gateway.settings import Settings
+from gateway.state import GatewayState
+
+HERE = Path(__file__).resolve().parent
+#: A Listener that answers with refused pickles, broken frames and the like.
+HOSTILE = str(HERE / "hostile_backend.py")
+PROBLEM = "application/problem+json"
+
+
+def problem_type(slug: str) -> str:
+    return "https://connbridge.dev/problems/" + slug
+
+
+def sha256_hex(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_file(directory: Path, key: bytes, name: str = "authkey") -> str:
+    """Write ``key`` to a file (as a secret mount would, with a newline) and return its path."""
+    path = directory / name
+    path.write_bytes(key + b"\n")
+    return str(path)
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.ready.set()
+
+
+@dataclass
+class RunningGateway:
+    app: FastAPI
+    state: GatewayState
+    url: str
+    port: int
+    client: httpx.AsyncClient
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(
+    settings: Settings | Mapping[str, Any],
+    *,
+    headers: Mapping[str, str] | None = None,
+    setup: Callable[[FastAPI], None] | None = None,
+) -> AsyncIterator[RunningGateway]:
+    """Serve the gateway for ``settings`` until the block ends (then shut it down)."""
+    if not isinstance(settings, Settings):
+        settings = Settings(**settings)
+    app = create_app(settings)
+    if setup is not None:
+        setup(app)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        http="httptools",
+    )
+    server = _Server(config)
+    serving = asyncio.create_task(server.serve())
+    ready = asyncio.create_task(server.ready.wait())
+    done, _ = await asyncio.wait({serving, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if ready not in done:
+        ready.cancel()
+        server.should_exit = True
+        await asyncio.wait_for(serving, 20)
+        raise RuntimeError("the gateway did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=20, headers=headers) as client:
+            yield RunningGateway(app, gateway_state(app), url, port, client)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 30)
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+def backend_config(backend: Any, tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """A ``[backends.NAME]`` table for a ``start_backend`` process (key in a file)."""
+    config: dict[str, Any] = {"address": backend.address}
+    if backend.authkey is not None:
+        config["authkey_file"] = key_file(tmp_path, backend.authkey, f"key-{backend.pid}")
+    config.update(extra)
+    return config

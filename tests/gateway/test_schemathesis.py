@@ -1,0 +1,207 @@
+"""Schemathesis against the gateway's own OpenAPI document: no server error, nothing undocumented.
+
+The real app is served on a real port, in front of a real threaded demo
+backend in a subprocess (reached as two backends: ``demo``, which takes any
+payload, and ``adder``, whose ``payload_schema`` admits pairs of integers).
+For every operation of the document the app serves, Schemathesis generates
+requests that fit the document (positive) and requests that do not
+(negative), sends them over HTTP and checks each response:
+
+- no 5xx, except what the backend or the request asked for (see
+  :func:`not_a_gateway_error`);
+- the status is one the operation documents, the ``Content-Type`` too;
+- the body matches the documented schema for that status.
+
+Bounded: at most :data:`MAX_EXAMPLES` requests per operation and mode, each
+call with a 5 s backend timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import pytest
+import requests
+import schemathesis
+from gateway_support import key_file, problem_type, serve_gateway, sha256_hex
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from connbridge.demo import DemoBackend, spawn_demo_backend
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+
+MAX_EXAMPLES = 30
+AUTHKEY = b"schemathesis-demo-key"
+API_KEY = "schemathesis-api-key"
+PAIR = {
+    "type": "array",
+    "items": {"type": "integer"},
+    "minItems": 2,
+    "maxItems": 2,
+    "examples": [[5, 6]],
+}
+BACKEND_EXCEPTION = problem_type("backend-exception")
+BACKEND_TIMEOUT = problem_type("backend-timeout")
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[DemoBackend]:
+    backend = spawn_demo_backend("127.0.0.1:0", AUTHKEY)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def gateway_settings(demo: DemoBackend, tmp_path: Path, *, keys: bool) -> dict[str, Any]:
+    common = {"address": demo.address, "authkey_file": key_file(tmp_path, AUTHKEY), "timeout": 5.0}
+    settings: dict[str, Any] = {
+        "gateway": {"default_backend": "demo"},
+        "backends": {"demo": common, "adder": {**common, "payload_schema": PAIR}},
+    }
+    if keys:
+        # Allowed on adder only: calls to demo answer 403.
+        key = {"name": "fuzz", "sha256": sha256_hex(API_KEY), "backends": ["adder"]}
+        settings["auth"] = {"keys": [key]}
+    return settings
+
+
+def _asked_timeout(case: Any) -> float | None:
+    body = case.body
+    timeout = body.get("timeout") if isinstance(body, dict) else None
+    return timeout if isinstance(timeout, int | float) else None
+
+
+def not_a_gateway_error(ctx: Any, response: Any, case: Any) -> None:
+    """No 5xx, unless the backend or the request itself asked for it.
+
+    Allowed: 502 ``backend-exception`` (the backend answered with an
+    exception: relaying it is the gateway's job) and 504 ``backend-timeout``
+    when the request gave a ``timeout`` under a second (Schemathesis likes
+    ``1e-300``; with the default of 5 s the demo always answers in time).
+    """
+    if response.status_code < 500:
+        return
+    kind = response.json().get("type") if response.status_code in (502, 504) else None
+    if kind == BACKEND_EXCEPTION:
+        return
+    asked = _asked_timeout(case)
+    if kind == BACKEND_TIMEOUT and asked is not None and asked < 1:
+        return
+    raise AssertionError(
+        f"{case.method} {case.path} answered {response.status_code}: {response.text[:500]}"
+    )
+
+
+CHECKS = [
+    not_a_gateway_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def _has_inputs(operation: Any) -> bool:
+    parts = ("body", "path_parameters", "query", "headers", "cookies")
+    return any(len(getattr(operation, part)) for part in parts)
+
+
+def fuzz_operation(
+    operation: Any,
+    mode: GenerationMode,
+    session: requests.Session,
+    url: str,
+    headers: dict[str, str],
+) -> dict[str, int]:
+    """Send up to MAX_EXAMPLES requests to one operation; count the statuses.
+
+    Raises:
+        schemathesis.core.failures.FailureGroup: a check failed (with a curl line).
+    """
+    counts: dict[str, int] = {}
+
+    @hypothesis.settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        # The same requests every run: a failure here is a finding, never noise.
+        derandomize=True,
+        suppress_health_check=list(hypothesis.HealthCheck),
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+    )
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    def run(case: schemathesis.Case) -> None:
+        response = case.call(base_url=url, session=session, headers=headers, timeout=15)
+        key = f"{mode.value} {response.status_code}"
+        counts[key] = counts.get(key, 0) + 1
+        case.validate_response(response, checks=CHECKS)
+
+    run()
+    return counts
+
+
+def fuzz(url: str, document: dict[str, Any], headers: dict[str, str]) -> dict[str, dict[str, int]]:
+    """Run every operation in both modes; return the statuses seen, per operation."""
+    schema = schemathesis.openapi.from_dict(document)
+    seen: dict[str, dict[str, int]] = {}
+    failures: list[str] = []
+    with requests.Session() as session:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            modes = [GenerationMode.POSITIVE]
+            if _has_inputs(operation):
+                # An operation with no body or parameters has no invalid request.
+                modes.append(GenerationMode.NEGATIVE)
+            for mode in modes:
+                try:
+                    counts = fuzz_operation(operation, mode, session, url, headers)
+                except Exception as exc:
+                    failures.append(f"{operation.label} ({mode.value}): {exc}")
+                else:
+                    seen.setdefault(operation.label, {}).update(counts)
+    assert not failures, "\n\n".join(failures)
+    return seen
+
+
+@pytest.mark.parametrize("keys", [False, True], ids=["open", "api-keys"])
+async def test_schemathesis_finds_nothing(demo, tmp_path, keys):
+    started = time.monotonic()
+    headers = {"Authorization": f"Bearer {API_KEY}"} if keys else {}
+    async with serve_gateway(gateway_settings(demo, tmp_path, keys=keys)) as gw:
+        document = (await gw.client.get("/openapi.json")).json()
+        # Schemathesis is synchronous (requests): it runs in a thread while
+        # this loop serves the gateway.
+        seen = await asyncio.to_thread(fuzz, gw.url, document, headers)
+    elapsed = time.monotonic() - started
+
+    operations = {label.split(" ", 1)[1] for label in seen}
+    assert operations == {
+        "/compute",
+        "/compute/batch",
+        "/backends/demo/compute",
+        "/backends/adder/compute",
+        "/backends",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    }, sorted(operations)
+    # The run reached the backend: valid calls were answered, invalid refused.
+    answered = ["POST /backends/adder/compute", "POST /compute/batch"]
+    if keys:
+        assert seen["POST /backends/demo/compute"].get("positive 403", 0) > 0, seen
+    else:
+        answered.append("POST /compute")
+    for label in answered:
+        assert seen[label].get("positive 200", 0) > 0, (label, seen[label])
+    assert any(key.startswith("negative 4") for key in seen["POST /backends/adder/compute"])
+    assert elapsed < 60, f"the run took {elapsed:.1f} s: {seen}"
