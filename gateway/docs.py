@@ -39,7 +39,9 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from starlette.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
+from .log import request_context
 from .settings import Settings
 
 __all__ = [
@@ -126,6 +128,16 @@ def _content_security_policy(html: str) -> str:
     return "; ".join(directives)
 
 
+class _Assets(StaticFiles):
+    """The shipped files, counted in the metrics and access log under the route ``/static``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        context = request_context(scope)
+        if context is not None:
+            context.route = STATIC_PATH
+        await super().__call__(scope, receive, send)
+
+
 def _page(html: HTMLResponse) -> HTMLResponse:
     body = bytes(html.body).decode()
     return HTMLResponse(
@@ -146,7 +158,7 @@ def install_docs(app: FastAPI) -> None:
     Raises:
         RuntimeError: the assets directory is missing (a broken install).
     """
-    app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(STATIC_PATH, _Assets(directory=STATIC_DIR), name="static")
     openapi_url = app.openapi_url or "/openapi.json"
 
     def prefix(request: Request) -> str:

@@ -147,8 +147,16 @@ async def test_docs_assets_have_their_types():
         missing = await gw.client.get("/static/nothing-here.js")
         assert missing.status_code == 404
         assert missing.headers["content-type"] == "application/problem+json"
-        escape = await gw.client.get("/static/../docs.py")
-        assert escape.status_code == 404
+        # Nothing outside gateway/static, however the path is spelled.
+        for escape in ("/static/%2e%2e/docs.py", "/static/swagger-ui/..%2f..%2fdocs.py"):
+            response = await gw.client.get(escape)
+            assert response.status_code == 404, escape
+            assert b"install_docs" not in response.content
+        # One metrics label for all of them, not one per file.
+        metrics = await gw.client.get("/metrics", headers={"Authorization": "Bearer example-key"})
+        lines = [line for line in metrics.text.splitlines() if "/static" in line]
+        assert 'route="/static",status="200"} 4.0' in "\n".join(lines), lines
+        assert "swagger" not in "\n".join(lines)
 
 
 async def test_docs_follow_the_root_path():
