@@ -76,6 +76,7 @@ from pydantic_settings import (
 
 from connbridge.addresses import Address, parse_address
 from connbridge.errors import AddressError, ConnbridgeError
+from connbridge.pool import PoolSettings
 from connbridge.unpickler import resolve_entry
 
 __all__ = [
@@ -194,6 +195,9 @@ class GatewaySettings(_Section):
         return self
 
 
+_POOL = PoolSettings()
+
+
 class BackendSettings(_Section):
     """A ``[backends.NAME]`` table: one Listener server (or a set of replicas)."""
 
@@ -202,21 +206,22 @@ class BackendSettings(_Section):
     authkey_file: Path | None = None
     #: A key written in the file itself: works, but is logged as a warning.
     authkey: SecretStr | None = None
+    # Defaults come from the pool's own settings, so the two never disagree.
     #: Seconds per call; a request may ask for less, never for more.
-    timeout: PositiveFloat = 30.0
-    max_connections: PositiveInt = 8
-    pickle_protocol: Annotated[int, Field(ge=0, le=5)] = 4
+    timeout: PositiveFloat = _POOL.call_timeout
+    max_connections: PositiveInt = _POOL.max_connections
+    pickle_protocol: Annotated[int, Field(ge=0, le=5)] = _POOL.pickle_protocol
     payload_schema: dict[str, Any] | None = None
-    allowlist: tuple[str, ...] = ()
-    py2_encoding: str = "utf-8"
-    allow_md5: bool = True
-    connect_timeout: PositiveFloat = 5.0
-    handshake_timeout: PositiveFloat = 5.0
-    acquire_timeout: PositiveFloat = 10.0
-    max_waiters: PositiveInt = 1000
-    idle_timeout: PositiveFloat = 300.0
-    max_lifetime: PositiveFloat = 3600.0
-    max_frame: PositiveInt = 64 * 1024 * 1024
+    allowlist: tuple[str, ...] = _POOL.allowlist
+    py2_encoding: str = _POOL.py2_encoding
+    allow_md5: bool = _POOL.allow_md5
+    connect_timeout: PositiveFloat = _POOL.connect_timeout
+    handshake_timeout: PositiveFloat = _POOL.handshake_timeout
+    acquire_timeout: PositiveFloat = _POOL.acquire_timeout
+    max_waiters: PositiveInt = _POOL.max_waiters
+    idle_timeout: PositiveFloat = _POOL.idle_timeout
+    max_lifetime: PositiveFloat = _POOL.max_lifetime
+    max_frame: PositiveInt = _POOL.max_frame
 
     _authkey: bytes | None = PrivateAttr(default=None)
     _resolved: bool = PrivateAttr(default=False)
