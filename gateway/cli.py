@@ -47,6 +47,7 @@ from pydantic import SecretStr
 
 from .app import create_app
 from .log import configure_logging
+from .routes.ws import uvicorn_options
 from .settings import CONFIG_ENV, BackendSettings, ConfigError, Settings, load_settings
 
 __all__ = ["exposure_problem", "is_loopback_host", "main"]
@@ -158,6 +159,7 @@ def _uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvico
     have = importlib.util.find_spec
     return uvicorn.Config(
         app,
+        **uvicorn_options(settings.websocket),
         host=host,
         port=port,
         http="httptools" if have("httptools") else "h11",

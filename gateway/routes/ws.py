@@ -47,11 +47,12 @@ Refusals and close codes
     1011  a session's backend failed: ``backend-connection-lost`` (it closed the
           connection or died), ``refused-pickle``, ``backend-protocol-error``
           (a frame too large, a corrupt header), ``unconvertible-result``;
-          ``backend-unreachable`` and ``backend-authentication-failed`` when the
-          session cannot be opened; ``internal-error``
+          ``internal-error``
     1012  the gateway is restarting (sent by uvicorn at shutdown)
-    1013  ``too-many-sessions`` for the backend, ``overloaded``, ``shutting-down``:
-          try again later
+    1013  try again later: ``too-many-sessions`` for the backend; or the session's
+          connection cannot be opened (the errors that are 503 in the REST API):
+          ``backend-unreachable``, ``backend-authentication-failed``,
+          ``overloaded``, ``shutting-down``
     ====  ========================================================================
 
 Keepalive pings, and the message size limit at the protocol level, belong to
@@ -373,7 +374,6 @@ class _Calls:
         self.state = link.hub.state
         self.principal = principal
         self.in_flight = 0
-        self.calls = 0
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -399,7 +399,7 @@ class _Calls:
                         "send each call as a text message holding a JSON object",
                         [{"detail": "binary messages are not supported", "pointer": "#"}],
                     )
-                    await link.outbox.put(self._error(None, error, None))
+                    await link.outbox.put(self._error(None, error, None)[0])
                     continue
                 data = text.encode("utf-8")
                 if len(data) > most:
@@ -414,7 +414,6 @@ class _Calls:
 
     def _start(self, data: bytes) -> None:
         self.in_flight += 1
-        self.calls += 1
         self.hub.note_in_flight(self.in_flight)
         task = asyncio.create_task(self._call(data))
         self._tasks.add(task)
@@ -448,8 +447,7 @@ class _Calls:
             reply = _dumps({"id": ident, "result": answer["result"]})
             status = 200
         except Exception as exc:
-            reply = self._error(ident, exc, backend)
-            status = describe(exc)[0].status
+            reply, status = self._error(ident, exc, backend)
         self.state.metrics.observe_request(
             CALLS_ROUTE,
             backend.name if backend is not None else "",
@@ -458,7 +456,8 @@ class _Calls:
         )
         await self.link.outbox.put(reply)
 
-    def _error(self, ident: Any, exc: Exception, backend: Backend | None) -> str:
+    def _error(self, ident: Any, exc: Exception, backend: Backend | None) -> tuple[str, int]:
+        """The error reply for ``exc`` (the problem object of the REST API), and its status."""
         row, detail, extras, _ = describe(exc)
         if row is INTERNAL_ERROR:
             logger.error(
@@ -470,7 +469,7 @@ class _Calls:
         problem = problem_body(
             row, detail, instance=CALLS_ROUTE, request_id=self.link.request_id, extras=extras
         )
-        return _dumps({"id": ident, "error": problem})
+        return _dumps({"id": ident, "error": problem}), row.status
 
 
 # -- /ws/session/{backend} --------------------------------------------------------------------
@@ -489,8 +488,6 @@ class _Session:
         self.result_format = result_format
         self.loop = asyncio.get_running_loop()
         self.last_message = self.loop.time()
-        self.sent = 0
-        self.received = 0
 
     async def upstream(self) -> None:
         """Client to backend: each text message is decoded and sent as one object."""
@@ -520,7 +517,6 @@ class _Session:
             except ConnbridgeError as exc:
                 link.end(self._backend_failed(exc))
                 return
-            self.sent += 1
 
     async def downstream(self) -> None:
         """Backend to client: every object, as one text message of its JSON encoding."""
@@ -536,7 +532,6 @@ class _Session:
                 link.end(self._backend_failed(exc))
                 return
             self.last_message = self.loop.time()
-            self.received += 1
             await put(text)
 
     async def watch_idle(self) -> None:
