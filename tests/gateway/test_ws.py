@@ -309,7 +309,23 @@ async def test_keepalive_pings_drop_a_dead_client(demo, tmp_path):
         await wait_until(handler_done, what="the socket's handler to end")
 
 
-async def test_auth_refusals_close_with_1008(demo, tmp_path, caplog):
+async def test_auth_refusals_close_with_1008(demo, tmp_path, caplog, monkeypatch, request):
+    # Earlier tests may have reconfigured logging (uvicorn's default config
+    # does); collect uvicorn's lines with our own handler so the no-key check
+    # below cannot pass vacuously.
+    uvicorn_lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            uvicorn_lines.append(record.getMessage())
+
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    keep = Keep(logging.DEBUG)
+    uvicorn_log.addHandler(keep)
+    monkeypatch.setattr(uvicorn_log, "disabled", False)
+    old_level = uvicorn_log.level
+    uvicorn_log.setLevel(logging.INFO)
+    request.addfinalizer(lambda: (uvicorn_log.removeHandler(keep), uvicorn_log.setLevel(old_level)))
     settings = config(demo, tmp_path)
     settings["auth"] = {
         "keys": [
@@ -347,7 +363,7 @@ async def test_auth_refusals_close_with_1008(demo, tmp_path, caplog):
             reply = await recv_json(ws)
             assert reply["id"] == 3
             assert reply["error"]["type"] == problem_type("forbidden")
-    text = caplog.text
+    text = caplog.text + "\n".join(uvicorn_lines)
     assert "[accepted]" in text  # uvicorn logged the sockets...
     for secret in (KEY, SCOPED, "wrong"):
         assert secret not in text  # ...but never a key
