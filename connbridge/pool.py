@@ -495,7 +495,7 @@ class Pool:
                 holder = self._take_idle()
                 if holder is not None:
                     return holder
-                self._grow()
+                self._grow(caller=1)
                 if not self._has_hope():
                     raise self._unavailable()
                 pending = len(self._waiters)
@@ -740,16 +740,21 @@ class Pool:
 
     # opening connections
 
-    def _grow(self) -> None:
-        """Open a connection if callers wait and an address has room for one more."""
+    def _grow(self, caller: int = 0) -> None:
+        """Open a connection if callers wait and an address has room for one more.
+
+        ``caller`` is 1 when called for a caller not yet queued as a waiter.
+        Without demand nothing opens: an idle connection closed for its idle
+        timeout stays closed until a call needs one.
+        """
         if self._closed:
             return
-        waiting = len(self._waiters)
+        demand = len(self._waiters) + caller
         idle = sum(len(t.idle) for t in self._targets.values())
-        if idle > 0 and waiting <= idle:
+        if demand <= idle:
             return
         opening = sum(t.opening for t in self._targets.values())
-        if opening >= max(1, waiting):
+        if opening >= demand:
             return
         candidates = [t for t in self._live_targets() if t.can_grow(self.settings.max_connections)]
         if not candidates:
