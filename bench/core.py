@@ -12,19 +12,14 @@ Each figure is the median of three runs; the ratio is of the medians.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import platform
 import queue
 import secrets
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from multiprocessing.connection import Client
-from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -38,12 +33,6 @@ ROUND_TRIPS = int(os.environ.get("BENCH_ROUND_TRIPS", "5000"))
 POOL_CALLS = int(os.environ.get("BENCH_POOL_CALLS", "20000"))
 CALLERS = 64
 CONNECTIONS = 8
-RESULTS = Path(__file__).with_name("results.json")
-
-
-def median_rate(run: Callable[[], float]) -> tuple[float, list[float]]:
-    rates = [run() for _ in range(RUNS)]
-    return statistics.median(rates), rates
 
 
 def _stdlib_address(address: str) -> tuple[str, int]:
@@ -151,7 +140,8 @@ def row(
     }
 
 
-def main() -> int:
+def core_rows() -> list[dict[str, Any]]:
+    """The protocol core and pool rows, against the stdlib on one demo backend."""
     key = secrets.token_hex(16).encode()  # keys travel in env vars: no NUL bytes
     rows = []
     with spawn_demo_backend("127.0.0.1:0", key) as backend:
@@ -172,24 +162,4 @@ def main() -> int:
                 2.0,
             )
         )
-    width = max(len(r["row"]) for r in rows)
-    print(f"{'row':<{width}}  {'ours/s':>10}  {'baseline/s':>10}  {'ratio':>6}  target")
-    for r in rows:
-        mark = "ok" if r["met"] else "MISSED"
-        print(
-            f"{r['row']:<{width}}  {r['ours_per_s']:>10.0f}  {r['baseline_per_s']:>10.0f}  "
-            f"{r['ratio']:>5.2f}x  >= {r['target']}x {mark}"
-        )
-    report = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-        },
-        "runs_per_row": RUNS,
-        "rows": rows,
-    }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
-    return 0
+    return rows
