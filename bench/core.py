@@ -15,7 +15,6 @@ import asyncio
 import os
 import queue
 import secrets
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,8 @@ import uvloop
 from connbridge.connection import connect
 from connbridge.demo import spawn_demo_backend
 from connbridge.pool import Pool, PoolSettings
+
+from .report import comparison
 
 RUNS = 3
 ROUND_TRIPS = int(os.environ.get("BENCH_ROUND_TRIPS", "5000"))
@@ -118,26 +119,22 @@ def ours_pool(address: str, key: bytes) -> float:
 
 
 def row(
-    name: str, ours: Callable[[], float], theirs: Callable[[], float], target: float
+    name: str,
+    ours: Callable[[], float],
+    theirs: Callable[[], float],
+    target: float,
+    *,
+    unit: str = "calls/s",
 ) -> dict[str, Any]:
-    # Interleave the two sides so drift on a noisy machine hits both alike.
-    ours_rates, theirs_rates = [], []
+    """Measure both sides ``RUNS`` times, interleaved, and compare the medians.
+
+    Interleaving makes drift on a noisy machine hit both sides alike.
+    """
+    ours_runs, theirs_runs = [], []
     for _ in range(RUNS):
-        theirs_rates.append(theirs())
-        ours_rates.append(ours())
-    ours_median = statistics.median(ours_rates)
-    theirs_median = statistics.median(theirs_rates)
-    ratio = ours_median / theirs_median
-    return {
-        "row": name,
-        "ours_per_s": round(ours_median, 1),
-        "baseline_per_s": round(theirs_median, 1),
-        "ours_runs": [round(r, 1) for r in ours_rates],
-        "baseline_runs": [round(r, 1) for r in theirs_rates],
-        "ratio": round(ratio, 3),
-        "target": target,
-        "met": ratio >= target,
-    }
+        theirs_runs.append(theirs())
+        ours_runs.append(ours())
+    return comparison(name, ours_runs, theirs_runs, target, unit=unit)
 
 
 def core_rows() -> list[dict[str, Any]]:
