@@ -28,7 +28,9 @@ How the pool treats the servers it talks to:
   long time instead of retrying, since each attempt may kill such a server.
 * **Replicas.** A backend may have several addresses, and a host name may
   resolve to several IPs (re-resolved every ``dns_interval`` seconds: this is
-  how a headless Kubernetes Service fans out). Calls go to the healthy
+  how a headless Kubernetes Service fans out). An IP the name no longer
+  lists takes no new calls; its idle connections close, calls in flight
+  finish, and then it is forgotten. Calls go to the healthy
   address with the fewest calls in flight. An address that fails is ejected
   with exponential backoff and jitter; a background probe reconnects to it
   before it takes calls again. When every address is down, callers get
@@ -923,16 +925,33 @@ class Pool:
                     else:
                         keep.append(holder)
                 target.idle = keep
+            self._forget_stale()
             if now - self._resolved_at >= s.dns_interval and not all(
                 a.family == "unix" or a.is_ip for a in self.addresses
             ):
                 await self._resolve()
             self._grow()
 
+    def _forget_stale(self) -> None:
+        """Drop addresses DNS no longer lists once nothing of theirs is open.
+
+        Without this, a name whose addresses churn (pods of a headless
+        Service coming and going) would grow the table without bound.
+        """
+        for key, target in list(self._targets.items()):
+            if (
+                target.stale
+                and target.established == 0
+                and target.opening == 0
+                and target.stalled == 0
+                and target.prober is None
+            ):
+                del self._targets[key]
+
     async def _resolve(self) -> None:
         """Resolve host names; each IP becomes a target. Names that vanished go stale."""
         loop = asyncio.get_running_loop()
-        self._resolved_at = loop.time()
+        self._resolved_at = time.monotonic()
         found: dict[str, tuple[Address, Address]] = {}
         errors: list[str] = []
         for configured in self.addresses:
