@@ -39,6 +39,11 @@ each call's JSON `payload` is pickled, sent to a backend over a pooled,
 authenticated connection, and the backend's reply comes back as JSON.
 
 Errors are RFC 9457 problem documents (`application/problem+json`).
+
+The WebSocket endpoints (`/ws` for multiplexed calls, `/ws/session/{backend}`
+for a bridged session) cannot be described in OpenAPI; their messages are in
+the [AsyncAPI document](static/asyncapi.yaml), served by this gateway at
+`/static/asyncapi.yaml`.
 """
 
 

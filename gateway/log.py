@@ -26,8 +26,9 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote_plus
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -64,6 +65,8 @@ class RequestContext:
     route: str | None = None
     #: Backend the request was for, once known.
     backend: str | None = None
+    #: A WebSocket's ``access_token`` query parameter, taken out of the scope.
+    access_token: str | None = field(default=None, repr=False)
 
 
 def request_context(scope: Mapping[str, Any]) -> RequestContext | None:
@@ -81,6 +84,29 @@ def _request_id(scope: Scope) -> str:
     return os.urandom(12).hex()
 
 
+def _take_access_token(scope: Scope) -> str | None:
+    """Remove ``access_token`` from the query string; return its (first) value.
+
+    Done before routing, for every WebSocket, so that no log line (uvicorn
+    logs the path with its query string when it accepts or refuses a socket,
+    including one to an unknown path) and no route ever sees the key.
+    """
+    query: bytes = scope.get("query_string", b"")
+    if b"access_token" not in query:
+        return None
+    token = None
+    kept = []
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if unquote_plus(name.decode("latin-1")) == "access_token":
+            if token is None:
+                token = unquote_plus(value.decode("latin-1"), encoding="utf-8", errors="replace")
+        else:
+            kept.append(part)
+    scope["query_string"] = b"&".join(kept)
+    return token
+
+
 class AccessLogMiddleware:
     """Request id, access log line, metrics and the catch-all 500 (see the module doc)."""
 
@@ -90,7 +116,9 @@ class AccessLogMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            scope[_CONTEXT_KEY] = RequestContext(_request_id(scope))
+            context = RequestContext(_request_id(scope))
+            context.access_token = _take_access_token(scope)
+            scope[_CONTEXT_KEY] = context
             await self.app(scope, receive, send)
             return
         if scope["type"] != "http":

@@ -60,9 +60,10 @@ the server: :func:`uvicorn_options` gives uvicorn's options for the
 ``[websocket]`` settings.
 
 Credentials: the API key comes from the ``Authorization`` header or, for
-browsers, from an ``access_token`` query parameter. The parameter is removed
-from the connection's scope as soon as it is read, so no later log line
-(uvicorn's ``"WebSocket /ws" [accepted]`` included) can show it.
+browsers, from an ``access_token`` query parameter. The access-log
+middleware (:mod:`gateway.log`) takes the parameter out of the scope before
+routing, so no log line (uvicorn's ``"WebSocket /ws" [accepted]``, or its 403
+for an unknown path) can show it.
 """
 
 from __future__ import annotations
@@ -76,7 +77,6 @@ from collections import Counter, deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote_plus
 
 import orjson
 from fastapi import APIRouter, FastAPI
@@ -153,25 +153,6 @@ def _dumps(message: dict[str, Any]) -> str:
         # An ``id`` holding an integer beyond 64 bits (the parser keeps those
         # exact); results never do, the codec tags them.
         return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
-
-
-def _take_token(websocket: WebSocket) -> str | None:
-    """Read ``access_token`` from the query string and remove it from the scope."""
-    scope = websocket.scope
-    query: bytes = scope.get("query_string", b"")
-    if b"access_token" not in query:
-        return None
-    token = None
-    kept = []
-    for part in query.split(b"&"):
-        name, _, value = part.partition(b"=")
-        if unquote_plus(name.decode("latin-1")) == "access_token":
-            if token is None:
-                token = unquote_plus(value.decode("latin-1"), encoding="utf-8", errors="replace")
-        else:
-            kept.append(part)
-    scope["query_string"] = b"&".join(kept)
-    return token
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,7 +572,8 @@ class WebSocketHub:
     # admission
 
     def _authenticate(self, websocket: WebSocket) -> Principal:
-        token = _take_token(websocket)
+        context = request_context(websocket.scope)
+        token = None if context is None else context.access_token
         return self.state.keys.authenticate(
             websocket.headers.get("authorization"), access_token=token
         )

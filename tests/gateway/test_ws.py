@@ -363,8 +363,14 @@ async def test_auth_refusals_close_with_1008(demo, tmp_path, caplog, monkeypatch
             reply = await recv_json(ws)
             assert reply["id"] == 3
             assert reply["error"]["type"] == problem_type("forbidden")
+        # No route matches, so no route ever reads the token; uvicorn still
+        # logs the refusal with the path and query string.
+        with pytest.raises(InvalidStatus):
+            async with open_ws(gw, f"/ws/unknown/path?access_token={KEY}&x=1"):
+                pass
     text = caplog.text + "\n".join(uvicorn_lines)
     assert "[accepted]" in text  # uvicorn logged the sockets...
+    assert '"WebSocket /ws/unknown/path?x=1" 403' in text
     for secret in (KEY, SCOPED, "wrong"):
         assert secret not in text  # ...but never a key
 
@@ -452,6 +458,15 @@ async def test_asyncapi_document_matches_the_messages(demo, tmp_path):
     assert sum("result" in r for r in replies) == 2
     # Malformed, invalid, backend exception, timeout: all described by Problem.
     assert {r["error"]["status"] for r in replies if "error" in r} == {400, 422, 502, 504}
+
+
+async def test_the_openapi_description_links_to_the_served_asyncapi_document(demo, tmp_path):
+    async with serve_gateway(config(demo, tmp_path)) as gw:
+        description = (await gw.client.get("/openapi.json")).json()["info"]["description"]
+        assert "](static/asyncapi.yaml)" in description  # relative to /docs and /redoc
+        served = await gw.client.get("/static/asyncapi.yaml")
+    assert served.status_code == 200
+    assert served.content == ASYNCAPI.read_bytes()
 
 
 def test_websocket_settings_from_file_and_environment(tmp_path, monkeypatch):
