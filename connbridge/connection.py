@@ -74,7 +74,10 @@ class _Stream(asyncio.Protocol):
         self.pushback: deque[bytes] = deque()
         self.eof = False
         self.error: BaseException | None = None
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() makes a getpid() system call on
+        # Python 3.11, once per round trip if called in recv_bytes.
+        self.loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
         self.reading_paused = False
         self.writing_paused = False
         self.drain_waiters: deque[asyncio.Future[None]] = deque()
@@ -280,7 +283,7 @@ class Connection:
         if stream.waiter is not None:
             raise RuntimeError("another coroutine is already receiving on this connection")
         stream.resume_reading()
-        loop = asyncio.get_running_loop()
+        loop = stream.loop
         waiter: asyncio.Future[bytes] = loop.create_future()
         stream.waiter = waiter
         # A timer on the waiter is much cheaper than asyncio.timeout() on the

@@ -357,6 +357,8 @@ class _Calls:
         self.in_flight = 0
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # asyncio.create_task() looks the loop up, a getpid() call on 3.11.
+        self._loop = asyncio.get_running_loop()
 
     async def read(self) -> None:
         """Read call requests until the client goes, with at most ``max_in_flight`` running."""
@@ -396,7 +398,7 @@ class _Calls:
     def _start(self, data: bytes) -> None:
         self.in_flight += 1
         self.hub.note_in_flight(self.in_flight)
-        task = asyncio.create_task(self._call(data))
+        task = self._loop.create_task(self._call(data))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
