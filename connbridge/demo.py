@@ -495,7 +495,10 @@ def spawn_demo_backend(
     if sequential:
         command.append("--sequential")
     try:
-        proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE)
+        # Its own session: a Ctrl-C in the terminal goes to the foreground
+        # process group, and must stop the parent (which then ends the child
+        # after its calls in flight), not kill the backend under them.
+        proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, start_new_session=True)
         try:
             bound = _wait_ready(proc, ready_file, ready_timeout)
         except BaseException:

@@ -11,6 +11,7 @@ import decimal
 import os
 import pickle
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -384,6 +385,46 @@ def test_spawn_demo_backend():
     assert backend.returncode == 0
     assert not backend.alive()
     backend.close()  # idempotent
+
+
+CTRL_C_PARENT = """
+import sys
+from connbridge.demo import spawn_demo_backend
+backend = spawn_demo_backend("127.0.0.1:0")
+try:
+    print(backend.pid, flush=True)
+    sys.stdin.read()  # until the test's Ctrl-C
+except KeyboardInterrupt:
+    pass
+backend.close()
+print(backend.returncode, flush=True)
+"""
+
+
+def test_ctrl_c_in_a_terminal_stops_the_parent_not_the_spawned_backend():
+    # The parent leads its own process group, as a shell's foreground job does;
+    # Ctrl-C is SIGINT to that whole group.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_PARENT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert os.getpgid(child) != parent.pid
+        os.killpg(parent.pid, signal.SIGINT)
+        # 0: the child ended cleanly when the parent closed its stdin; a child
+        # hit by the SIGINT itself would exit with 130.
+        out, _ = parent.communicate(timeout=TIMEOUT)
+        assert out.strip() == "0"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
 
 
 def test_spawn_demo_backend_sequential_on_a_unix_socket(short_tmp_path):
