@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +30,9 @@ pytest: $(STAMP)
 
 test: lint pytest
 
+# The bench also needs wrk, which it installs with apt-get when missing and
+# run as root. BENCH_QUICK=1 make bench is a smoke run; bench/README.md lists
+# every knob.
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

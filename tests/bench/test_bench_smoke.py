@@ -1,0 +1,83 @@
+"""A smoke run of the bench harness: real servers, real wrk, tiny sizes.
+
+It checks the parts a full ``make bench`` depends on, in seconds: the
+gateway with its ceiling route starts and answers, wrk's script reports its
+summary (throughput, a response limit that ends the run early, pacing), the
+WebSocket driver works against the gateway and the echo server, and a table
+and chart come out of the rows, informational ones included.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import servers
+from bench.chart import write_chart
+from bench.http import direct_round_trips, paced_direct, run_wrk
+from bench.report import comparison, print_table
+from bench.ws import calls_per_second
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def wrk() -> str:
+    found = shutil.which("wrk")
+    if found is None:
+        pytest.skip("wrk is not installed (make bench installs it with apt-get as root)")
+    return found
+
+
+def test_harness_end_to_end(wrk: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with servers.demo_backend() as backend:
+        config = servers.write_config(tmp_path, backend, log_level="warning")
+        with servers.gateway(config, backend, tmp_path) as gateway:
+            status, reply = servers.http_call(gateway.url, "POST", "/bench/noop", b'{"payload": 1}')
+            assert (status, reply) == (200, b'{"result":1}')
+            assert servers.rss_mib(gateway.pid) > 10
+
+            body = tmp_path / "body.json"
+            body.write_bytes(b'{"payload": [5, 6]}')
+            noop = run_wrk(wrk, gateway.url + "/bench/noop", body, seconds=1, connections=4)
+            compute = run_wrk(wrk, gateway.url + "/compute", body, seconds=1, connections=4)
+            assert noop.requests > 0 and compute.requests > 0
+
+            started = time.monotonic()
+            limited = run_wrk(wrk, gateway.url + "/compute", body, seconds=30, limit=200)
+            assert limited.requests >= 200
+            assert time.monotonic() - started < 15  # the limit ended it, not -d
+
+            paced = run_wrk(wrk, gateway.url + "/compute", body, seconds=2, connections=1, rate=50)
+            assert 80 <= paced.requests <= 110  # 100 at 50/s, give or take the edges
+            p50, p99 = paced_direct(backend, 100, 0.5)
+            assert 0 < p50 <= p99
+
+            # An error answer fails the run rather than counting as a figure (here
+            # 400: the body is not JSON).
+            (tmp_path / "bad.json").write_bytes(b"not json")
+            with pytest.raises(RuntimeError, match="'status'"):
+                run_wrk(wrk, gateway.url + "/compute", tmp_path / "bad.json", seconds=1)
+
+            with servers.echo_server(tmp_path) as echo:
+                assert calls_per_second(echo.url, 300, [5, 6]) > 0
+            ws_url = gateway.url.replace("http://", "ws://") + "/ws"
+            assert calls_per_second(ws_url, 300, 11) > 0
+            assert direct_round_trips(backend, 500) > 0
+        assert gateway.proc.poll() is not None  # ended on the way out
+
+    rows = [
+        comparison("throughput", [compute.rate] * 3, [noop.rate] * 3, 0.8, unit="req/s"),
+        comparison("informational", [2.0, 1.0, 3.0], [1.0] * 3, None, unit="ms", note="hi"),
+        comparison("memory", [50.0] * 3, [80.0] * 3, 1.0, unit="MiB", higher_is_better=False),
+    ]
+    assert rows[1]["met"] is None and rows[1]["ours"] == 2.0
+    assert rows[2]["met"] is True
+    print_table(rows)
+    out = capsys.readouterr().out
+    assert "info  [1]" in out and "[1] hi" in out and "<= 1x ok" in out
+    chart = write_chart(rows, "smoke", tmp_path / "chart.png")
+    assert chart.read_bytes().startswith(b"\x89PNG")
