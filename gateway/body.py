@@ -22,7 +22,6 @@ parsed again with the standard library, which keeps big integers.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Final
 
 import orjson
@@ -34,7 +33,17 @@ from .problems import BodyTooLarge, MalformedJSON, UnsupportedMediaType
 
 __all__ = ["is_json_media_type", "parse_json", "read_json"]
 
-_LONG_DIGITS: Final = re.compile(rb"[0-9]{20}")
+# Every digit maps to "0" (other bytes are left as they are, and none of them
+# is "0"), so a run of 20 digits becomes a run of 20 zeros: translate() and
+# a substring search run in C at memory speed, where the regex [0-9]{20}
+# took half the time of a 10 MiB call.
+_DIGITS_TO_ZERO: Final = bytes.maketrans(b"0123456789", b"0" * 10)
+_TWENTY_ZEROS: Final = b"0" * 20
+# From this size on, a body is first checked by walking what orjson made of
+# it: a 14 MB base64 string is one value to walk but 14 MB of text to scan.
+_WALK_FROM: Final = 64 * 1024
+_WALK_BUDGET: Final = 4096
+_HUGE: Final = float(2**63)
 _CLOSE: Final = {"Connection": "close"}
 
 
@@ -62,6 +71,31 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _has_huge_float(value: Any, budget: int = _WALK_BUDGET) -> bool | None:
+    """True if ``value`` holds a float of 2**63 or more in magnitude.
+
+    orjson turns an integer beyond 64 bits into such a float, so without one
+    the text needs no exact second parse. ``None`` when the walk gives up
+    after ``budget`` values: a body of many small values is then cheaper to
+    scan as text.
+    """
+    stack = [value]
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return None
+        item = stack.pop()
+        kind = type(item)
+        if kind is float:
+            if abs(item) >= _HUGE:
+                return True
+        elif kind is list:
+            stack.extend(item)
+        elif kind is dict:
+            stack.extend(item.values())
+    return False
+
+
 def parse_json(body: bytes) -> Any:
     """Parse JSON bytes, keeping integers beyond 64 bits exact.
 
@@ -77,7 +111,11 @@ def parse_json(body: bytes) -> Any:
         if str(exc).startswith("depth limit exceeded"):
             raise PayloadError("the JSON nests too deeply") from None
         raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
-    if _LONG_DIGITS.search(body) is None:
+    if len(body) >= _WALK_FROM:
+        huge = _has_huge_float(value)
+        if huge is False:
+            return value
+    if _TWENTY_ZEROS not in body.translate(_DIGITS_TO_ZERO):
         return value
     try:
         return json.loads(body, parse_constant=_refuse_constant)
