@@ -36,7 +36,7 @@ def test_a_big_integer_stays_exact(pad: str) -> None:
 
 
 def test_a_big_integer_among_more_values_than_the_walk_takes() -> None:
-    many = list(range(_WALK_BUDGET * 2)) + ["BIG"]
+    many = [*range(_WALK_BUDGET * 2), "BIG"]
     parsed = parse_json(body({"pad": PAD, "n": many}, big_literal=str(-BIG)))
     assert parsed["n"][-1] == -BIG
 
