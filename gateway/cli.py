@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import ipaddress
 import logging
@@ -139,6 +140,21 @@ def _demo_backend(settings: Settings) -> Iterator[Settings]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a long-running server.
+
+    Everything alive after start-up (modules, the app, settings) is moved out
+    of the collector's sight (``gc.freeze``), and the youngest generation is
+    collected after 20,000 allocations instead of 700: each request leaves
+    dozens of short-lived objects, and at 700 the collector ran several times
+    per request's worth of work, which profiles of /compute showed.
+    """
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(20_000, second, third)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, plus one line saying where it really listens (port 0 resolved)."""
 
@@ -146,6 +162,7 @@ class _Server(uvicorn.Server):
         await super().startup(sockets)
         if not self.started:
             return
+        _tune_gc()
         scheme = "https" if self.config.is_ssl else "http"
         for server in getattr(self, "servers", []):
             for sock in server.sockets:

@@ -295,3 +295,16 @@ async def test_api_keys_through_the_command_line(tmp_path, demo):
         gateway.proc.send_signal(signal.SIGTERM)
         assert await gateway.wait() == 0
     assert "ci-key" not in gateway.output()
+
+
+def test_the_server_process_tunes_the_garbage_collector(request: pytest.FixtureRequest) -> None:
+    import gc
+
+    from gateway.cli import _tune_gc
+
+    threshold = gc.get_threshold()
+    request.addfinalizer(lambda: (gc.unfreeze(), gc.set_threshold(*threshold)))
+    _tune_gc()
+    # What was alive at start-up is no longer scanned; young collections are rarer.
+    assert gc.get_freeze_count() > 1000
+    assert gc.get_threshold() == (20_000, *threshold[1:])
