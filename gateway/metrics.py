@@ -115,11 +115,23 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_PoolCollector(pools))
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, route: str, backend: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""
-        self.requests.labels(route, backend, str(status)).inc()
-        self.duration.labels(route, backend).observe(seconds)
+        key = (route, backend, status)
+        children = self._children.get(key)
+        if children is None:
+            # labels() validates and looks the labels up under a lock on every
+            # call; the set of routes, backends and statuses is small, so the
+            # children are kept.
+            children = (
+                self.requests.labels(route, backend, str(status)),
+                self.duration.labels(route, backend),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""
