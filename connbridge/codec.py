@@ -69,6 +69,7 @@ import pybase64
 from .errors import PayloadError, ResultError
 
 __all__ = [
+    "DEFAULT_MAX_RESULT_BYTES",
     "ORJSON_MAX_DEPTH",
     "ResultFormat",
     "from_json",
@@ -79,6 +80,13 @@ ResultFormat = Literal["json", "tagged"]
 
 ORJSON_MAX_DEPTH: Final = 254
 """The deepest nesting ``orjson.dumps`` accepts; deeper raises ``JSONEncodeError``."""
+
+DEFAULT_MAX_RESULT_BYTES: Final = 256 * 1024 * 1024
+"""Default bound on the text (strings, base64 of bytes) in a result from :func:`to_json`.
+
+A reply without shared references yields about as much text as its pickle
+holds (4/3 of it for bytes), so this leaves room for a full 64 MiB frame.
+"""
 
 _INT_MIN: Final = -(2**63)  # orjson's integer range: signed and unsigned 64-bit
 _INT_MAX: Final = 2**64 - 1
@@ -445,6 +453,7 @@ def to_json(
     format: ResultFormat = "json",
     max_depth: int = 250,
     max_nodes: int = 1_000_000,
+    max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
 ) -> object:
     """Turn a Python value from a backend into a JSON-ready structure.
 
@@ -454,13 +463,17 @@ def to_json(
     :data:`ORJSON_MAX_DEPTH` levels; the default leaves room for an
     envelope around the result).  ``max_nodes`` bounds the number of
     container items visited, so that a small pickle that shares one list
-    many times cannot expand into an enormous document.
+    many times cannot expand into an enormous document; ``max_bytes`` does
+    the same for the text inside it: the characters of strings (dict keys
+    included) and the base64 of bytes, so that one large string shared many
+    times cannot either.
 
     Raises:
         ResultError: a value of a type with no JSON form (named in the
             message), a string with lone surrogates, an integer too large to
             print, a malformed allowed object, nesting deeper than
-            ``max_depth`` (or a cycle), or more than ``max_nodes`` items.
+            ``max_depth`` (or a cycle), more than ``max_nodes`` items, or
+            more than ``max_bytes`` of text.
         ValueError: ``format`` is neither ``"json"`` nor ``"tagged"``.
     """
     # Fast path: a scalar that needs no conversion (the encoder repeats these
@@ -483,7 +496,7 @@ def to_json(
         handlers = _NATURAL
     else:
         raise ValueError(f"format must be 'json' or 'tagged', not {format!r}")
-    encoder = _Encoder(handlers, max_depth, max_nodes)
+    encoder = _Encoder(handlers, max_depth, max_nodes, max_bytes)
     try:
         return encoder.encode(obj, 0)
     except RecursionError:
@@ -508,12 +521,24 @@ class _Encoder:
     limit even below a deep web-framework stack.
     """
 
-    __slots__ = ("budget", "handlers", "max_depth")
+    __slots__ = ("budget", "handlers", "max_bytes", "max_depth", "text_budget")
 
-    def __init__(self, handlers: dict[type, _Handler], max_depth: int, max_nodes: int) -> None:
+    def __init__(
+        self, handlers: dict[type, _Handler], max_depth: int, max_nodes: int, max_bytes: int
+    ) -> None:
         self.handlers = handlers
         self.max_depth = max_depth
         self.budget = max_nodes
+        self.max_bytes = max_bytes
+        self.text_budget = max_bytes
+
+    def spend_text(self, size: int) -> None:
+        """Account for ``size`` characters of output text."""
+        self.text_budget -= size
+        if self.text_budget < 0:
+            raise ResultError(
+                f"the result would be larger than {self.max_bytes} bytes of text (max_bytes)"
+            )
 
     def enter(self, depth: int, levels: int, items: int) -> int:
         """Account for a container of ``items`` items ``levels`` deep; return the items' depth."""
@@ -531,6 +556,7 @@ class _Encoder:
     def encode(self, value: Any, depth: int) -> object:
         kind = type(value)
         if kind is str:
+            self.spend_text(len(value))
             if value.isascii() or not _SURROGATE.search(value):
                 return value
             raise ResultError("a string in the result contains lone surrogates")
@@ -573,7 +599,9 @@ class _Encoder:
         for key in value:
             if type(key) is not str:
                 plain = False
-            elif not key.isascii() and _SURROGATE.search(key):
+                continue
+            self.spend_text(len(key))
+            if not key.isascii() and _SURROGATE.search(key):
                 raise ResultError("a dict key in the result contains lone surrogates")
         encode = self.encode
         if plain and not (len(value) == 1 and next(iter(value))[:1] == "$"):
@@ -630,8 +658,13 @@ def _scalar_tag(tag: str, convert: Callable[[Any], object]) -> _Handler:
     return handler
 
 
-def _b64(value: bytes | bytearray) -> str:
-    return pybase64.b64encode_as_string(value)
+def _bytes_tag(tag: str) -> _Handler:
+    def handler(encoder: _Encoder, value: bytes | bytearray, depth: int) -> object:
+        encoder.enter(depth, 1, 0)
+        encoder.spend_text((len(value) + 2) // 3 * 4)  # the base64 length
+        return {tag: pybase64.b64encode_as_string(value)}
+
+    return handler
 
 
 def _complex(encoder: _Encoder, value: complex, depth: int) -> object:
@@ -692,8 +725,8 @@ def _natural(convert: Callable[[Any], object]) -> _Handler:
 
 _COMMON: Final[dict[type, _Handler]] = {
     OrderedDict: _ordered_dict,
-    bytes: _scalar_tag("$bytes", _b64),
-    bytearray: _scalar_tag("$bytearray", _b64),
+    bytes: _bytes_tag("$bytes"),
+    bytearray: _bytes_tag("$bytearray"),
     complex: _complex,
     fractions.Fraction: _scalar_tag("$fraction", _fraction_text),
 }

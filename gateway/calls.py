@@ -180,7 +180,12 @@ async def run_call(
     if isinstance(result, BaseException):
         raise BackendRaised(result, result_format=call.result_format)
     return {
-        "result": to_json(result, format=call.result_format, max_depth=state.result_max_depth),
+        "result": to_json(
+            result,
+            format=call.result_format,
+            max_depth=state.result_max_depth,
+            max_bytes=state.max_result_bytes,
+        ),
         "backend": backend.name,
         "elapsed_ms": round(elapsed * 1000, 3),
     }

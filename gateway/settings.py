@@ -75,6 +75,7 @@ from pydantic_settings import (
 )
 
 from connbridge.addresses import Address, parse_address
+from connbridge.codec import DEFAULT_MAX_RESULT_BYTES
 from connbridge.errors import AddressError, ConnbridgeError
 from connbridge.pool import PoolSettings
 from connbridge.unpickler import resolve_entry
@@ -180,6 +181,9 @@ class GatewaySettings(_Section):
     readiness_timeout: PositiveFloat = 2.0
     #: Deepest nesting accepted in a payload and produced in a result.
     max_depth: Annotated[int, Field(ge=1, le=10_000)] = 256
+    #: Most text (strings, base64 of bytes) in one result; a reply that shares
+    #: one large string many times would otherwise expand without bound.
+    max_result_bytes: PositiveInt = DEFAULT_MAX_RESULT_BYTES
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     log_format: Literal["text", "json"] = "text"
 

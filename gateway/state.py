@@ -103,6 +103,7 @@ class GatewayState:
         self.metrics = GatewayMetrics(self.pools)
         self.max_depth = settings.gateway.max_depth
         self.result_max_depth = min(settings.gateway.max_depth, RESULT_MAX_DEPTH)
+        self.max_result_bytes = settings.gateway.max_result_bytes
         self.started = False
 
     def pools(self) -> dict[str, Pool]:

@@ -504,12 +504,14 @@ class _Session:
     async def downstream(self) -> None:
         """Backend to client: every object, as one text message of its JSON encoding."""
         link, conn, put = self.link, self.conn, self.link.outbox.put
-        max_depth = self.state.result_max_depth
+        max_depth, max_bytes = self.state.result_max_depth, self.state.max_result_bytes
         while True:
             try:
                 obj = await conn.recv()
                 text = orjson.dumps(
-                    to_json(obj, format=self.result_format, max_depth=max_depth)
+                    to_json(
+                        obj, format=self.result_format, max_depth=max_depth, max_bytes=max_bytes
+                    )
                 ).decode("utf-8")
             except ConnbridgeError as exc:
                 link.end(self._backend_failed(exc))

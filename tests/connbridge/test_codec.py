@@ -33,7 +33,13 @@ def dumps(value: object) -> bytes:
 
 
 def test_exports() -> None:
-    assert set(codec.__all__) == {"ORJSON_MAX_DEPTH", "ResultFormat", "from_json", "to_json"}
+    assert set(codec.__all__) == {
+        "DEFAULT_MAX_RESULT_BYTES",
+        "ORJSON_MAX_DEPTH",
+        "ResultFormat",
+        "from_json",
+        "to_json",
+    }
     for name in codec.__all__:
         assert hasattr(codec, name)
 
@@ -522,6 +528,29 @@ def test_shared_list_bomb_fails_fast() -> None:
         with pytest.raises(ResultError, match="max_nodes"):
             to_json(loads(data), format=fmt)
     assert time.monotonic() - started < 5.0
+
+
+def test_shared_string_bomb_fails_fast() -> None:
+    # One 1 MiB string (and one 1 MiB bytes) referenced 1,000 times: 1 MiB on
+    # the wire, over 1 GiB of JSON if expanded.
+    text, blob = "x" * 2**20, b"y" * 2**20
+    for shared in (text, blob):
+        data = pickle.dumps([shared] * 1000, 4)
+        assert len(data) < 2**20 + 10_000
+        for fmt in ("json", "tagged"):
+            with pytest.raises(ResultError, match="max_bytes"):
+                to_json(loads(data), format=fmt, max_bytes=64 * 2**20)
+
+
+def test_max_bytes_counts_strings_keys_and_base64() -> None:
+    assert to_json(["ab", {"cd": "e"}], max_bytes=5) == ["ab", {"cd": "e"}]
+    with pytest.raises(ResultError, match="max_bytes"):
+        to_json(["ab", {"cd": "ef"}], max_bytes=5)
+    assert to_json([b"abc"], max_bytes=4) == [{"$bytes": "YWJj"}]  # 3 bytes: 4 of base64
+    with pytest.raises(ResultError, match="max_bytes"):
+        to_json([b"abcd"], max_bytes=7)  # 4 bytes: 8 of base64
+    with pytest.raises(ResultError, match="max_bytes"):
+        to_json({(1,): "abcdef"}, max_bytes=5)  # also in the $dict form
 
 
 def test_max_nodes_counts_items() -> None:

@@ -10,6 +10,7 @@ A pair ``(x, y)`` is answered with ``x + y``; a dict ``{"op": ...}`` with:
 ``not-pickle``  bytes that are not a pickle
 ``huge-frame``  a frame header announcing 1 GiB (more than any sane max_frame)
 ``surrogate``   a string with a lone surrogate (no JSON form)
+``shared``      one 512 KiB string referenced 2,000 times (512 KiB pickled, 1 GB as JSON)
 ``close``       no reply: the connection is closed mid-call
 """
 
@@ -54,6 +55,8 @@ def _serve(conn):
                 return
             elif op == "surrogate":
                 conn.send("lone \ud800 surrogate")
+            elif op == "shared":
+                conn.send(["x" * (1 << 19)] * 2000)
             elif op == "close":
                 return
             else:

@@ -293,6 +293,7 @@ async def test_502_backend_exception(settings):
         ("huge-frame", "backend-protocol-error"),
         ("close", "backend-connection-lost"),
         ("surrogate", "unconvertible-result"),
+        ("shared", "unconvertible-result"),  # past max_result_bytes, not 1 GB of JSON
     ],
 )
 async def test_502_bad_replies(settings, op, slug):

@@ -233,6 +233,7 @@ async def test_bad_client_messages(demo, tmp_path, message, code, reason):
         ("not-pickle", "refused-pickle: "),
         ("huge-frame", "backend-protocol-error: frame of 1073741824 bytes exceeds the limit"),
         ("surrogate", "unconvertible-result: "),
+        ("shared", "unconvertible-result: the result would be larger than 268435456 bytes"),
     ],
 )
 async def test_backend_errors_close_with_1011(hostile, tmp_path, op, reason):
