@@ -138,7 +138,16 @@ class AcquireTimeout(PoolOverloaded, TimeoutError):
 
 
 class BackendUnavailable(PoolError):
-    """No address of the backend can currently be reached or authenticated."""
+    """No address of the backend can currently be reached or authenticated.
+
+    ``handshake_failed`` is true when every address that failed did so in
+    the handshake (a wrong key, or a Listener that sends no challenge), so
+    callers can tell a configuration problem from a backend that is down.
+    """
+
+    def __init__(self, message: str, *, handshake_failed: bool = False) -> None:
+        super().__init__(message)
+        self.handshake_failed = handshake_failed
 
 
 class CodecError(ConnbridgeError):

@@ -54,7 +54,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Final
 
 from .addresses import Address, AddressLike, parse_address
 from .connection import Connection, open_connection
@@ -87,6 +87,8 @@ _AUTH_BACKOFF_BASE = 5.0
 _AUTH_BACKOFF_CAP = 300.0
 # How often the housekeeping task looks for idle and expired connections.
 _HOUSEKEEPING_INTERVAL = 1.0
+#: Error kinds of a failed handshake (a wrong key, or none where one is needed).
+_HANDSHAKE_KINDS: Final = frozenset({"auth", "handshake", "handshake_timeout"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,8 @@ class _Target:
     failures: int = 0
     ejected_until: float = 0.0
     last_error: str | None = None
+    #: What failed last: "connect", "auth", "handshake", "handshake_timeout", ...
+    error_kind: str | None = None
     auth_failed: bool = False
     stale: bool = False
     calls: int = 0
@@ -481,6 +485,7 @@ class Pool:
             view["resolved_from"] = str(t.source)
         if t.last_error:
             view["last_error"] = t.last_error
+            view["error_kind"] = t.error_kind
         if t.state == "down":
             view["retry_in_s"] = round(max(0.0, t.ejected_until - now), 3)
         if t.stale:
@@ -684,10 +689,14 @@ class Pool:
 
     def _unavailable(self) -> BackendUnavailable:
         self._errors["unavailable"] += 1
-        reasons = [
-            f"{t.address}: {t.last_error}" for t in self._targets.values() if t.last_error
-        ] or ([self._resolve_error] if self._resolve_error else ["no address could be reached"])
-        return BackendUnavailable(f"backend {self.name} is unavailable ({'; '.join(reasons)})")
+        failed = [t for t in self._targets.values() if t.last_error and not t.stale]
+        reasons = [f"{t.address}: {t.last_error}" for t in failed] or (
+            [self._resolve_error] if self._resolve_error else ["no address could be reached"]
+        )
+        return BackendUnavailable(
+            f"backend {self.name} is unavailable ({'; '.join(reasons)})",
+            handshake_failed=bool(failed) and all(t.error_kind in _HANDSHAKE_KINDS for t in failed),
+        )
 
     def _count_error(self, target: _Target, kind: str) -> None:
         self._errors[kind] += 1
@@ -698,6 +707,7 @@ class Pool:
         target.state = "up"
         target.failures = 0
         target.last_error = None
+        target.error_kind = None
         target.auth_failed = False
         target.ejected_until = 0.0
         if was_down:
@@ -715,6 +725,7 @@ class Pool:
         delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
         target.ejected_until = time.monotonic() + delay
         target.last_error = f"{kind}: {exc}"
+        target.error_kind = kind
         target.state = "down"
         self._count_error(target, kind)
         logger.warning(

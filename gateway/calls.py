@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from connbridge.codec import ResultFormat, from_json, to_json
-from connbridge.errors import AuthenticationError, BackendUnavailable, PayloadError
+from connbridge.errors import BackendUnavailable, HandshakeError, PayloadError
 
 from .problems import BackendRaised, InvalidPayload, InvalidRequest, pointer
 from .state import Backend, GatewayState
@@ -160,7 +160,8 @@ async def run_call(
         InvalidPayload: the payload breaks the backend's schema, or the
             codec cannot turn it into Python (unknown tag, too deep...).
         BackendRaised: the backend answered with an exception object.
-        AuthenticationError: every address of the backend refused our key.
+        HandshakeError: every address of the backend failed the handshake (a
+            wrong key, or a Listener that sends no challenge).
         ConnbridgeError: the pool's errors (timeout, unavailable, overloaded,
             closed, connection lost, refused pickle, ...) and ResultError.
     """
@@ -173,8 +174,8 @@ async def run_call(
     try:
         result = await pool.call(obj, timeout=timeout)
     except BackendUnavailable as exc:
-        if _auth_failed(pool.health()):
-            raise AuthenticationError(str(exc)) from exc
+        if exc.handshake_failed:
+            raise HandshakeError(str(exc)) from exc
         raise
     elapsed = time.perf_counter() - started
     if isinstance(result, BaseException):
@@ -189,10 +190,3 @@ async def run_call(
         "backend": backend.name,
         "elapsed_ms": round(elapsed * 1000, 3),
     }
-
-
-def _auth_failed(health: Mapping[str, Any]) -> bool:
-    """True when every address that failed did so in the handshake (wrong key)."""
-    errors = [str(a.get("last_error", "")) for a in health.get("addresses", ())]
-    failed = [e for e in errors if e]
-    return bool(failed) and all(e.startswith(("auth", "handshake")) for e in failed)

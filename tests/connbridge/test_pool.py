@@ -162,9 +162,11 @@ async def test_backend_killed_mid_call_then_restarted(start_backend) -> None:
         # Every address is down: callers are told at once.
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        with pytest.raises(BackendUnavailable):
+        with pytest.raises(BackendUnavailable) as down:
             await pool.call((1, 1))
         assert loop.time() - t0 < 1.0
+        assert down.value.handshake_failed is False  # down, not misconfigured
+        assert pool.health()["addresses"][0]["error_kind"] == "connect"
         # Restart on the same address; the probe brings it back.
         restarted = await start(start_backend, "listener", address=backend.address)
         await wait_until(lambda: pool.ready, timeout=40)
@@ -237,6 +239,7 @@ async def test_wrong_key_backs_off_instead_of_hammering(start_backend) -> None:
             with pytest.raises(BackendUnavailable, match="auth") as info:
                 await pool.call((1, 2))
             assert bad_key.decode() not in str(info.value)
+            assert info.value.handshake_failed is True
         address = pool.stats()["addresses"][0]
         assert address["errors"] == {"auth": 1}  # one attempt, not twenty
         assert address["retry_in_s"] > 3
