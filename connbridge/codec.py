@@ -464,9 +464,11 @@ def to_json(
     envelope around the result).  ``max_nodes`` bounds the number of
     container items visited, so that a small pickle that shares one list
     many times cannot expand into an enormous document; ``max_bytes`` does
-    the same for the text inside it: the characters of strings (dict keys
-    included) and the base64 of bytes, so that one large string shared many
-    times cannot either.
+    the same for the text inside it, so that one large string (or integer,
+    Decimal...) shared many times cannot either. It counts characters before
+    JSON escaping: of strings and dict keys, of base64 for bytes, of the
+    digits of large integers, and of every value written as text (Decimal,
+    Fraction, dates, UUIDs).
 
     Raises:
         ResultError: a value of a type with no JSON form (named in the
@@ -481,7 +483,7 @@ def to_json(
     value: Any = obj
     kind = type(value)
     if kind is str:
-        if value.isascii() or not _SURROGATE.search(value):
+        if len(value) <= max_bytes and (value.isascii() or not _SURROGATE.search(value)):
             return value
     elif kind is bool or value is None:
         return value
@@ -521,7 +523,7 @@ class _Encoder:
     limit even below a deep web-framework stack.
     """
 
-    __slots__ = ("budget", "handlers", "max_bytes", "max_depth", "text_budget")
+    __slots__ = ("budget", "handlers", "int_texts", "max_bytes", "max_depth", "text_budget")
 
     def __init__(
         self, handlers: dict[type, _Handler], max_depth: int, max_nodes: int, max_bytes: int
@@ -531,6 +533,8 @@ class _Encoder:
         self.budget = max_nodes
         self.max_bytes = max_bytes
         self.text_budget = max_bytes
+        #: Text of the large integers converted so far, by id (see _int_text).
+        self.int_texts: dict[int, str] = {}
 
     def spend_text(self, size: int) -> None:
         """Account for ``size`` characters of output text."""
@@ -596,15 +600,17 @@ class _Encoder:
 
     def dict(self, value: dict[Any, Any], depth: int) -> object:
         plain = True
+        key_text = 0
         for key in value:
             if type(key) is not str:
                 plain = False
                 continue
-            self.spend_text(len(key))
+            key_text += len(key)
             if not key.isascii() and _SURROGATE.search(key):
                 raise ResultError("a dict key in the result contains lone surrogates")
         encode = self.encode
         if plain and not (len(value) == 1 and next(iter(value))[:1] == "$"):
+            self.spend_text(key_text)  # the $dict form below counts its keys as values
             inner = self.enter(depth, 1, len(value))
             out: dict[str, object] = {}
             for key, item in value.items():
@@ -626,12 +632,21 @@ def _type_name(kind: type) -> str:
 
 def _int_text(value: int, encoder: _Encoder, depth: int) -> str:
     encoder.enter(depth, 1, 0)
+    # Counted before converting (digits from the bit length, rounded up), and
+    # converted once per object: int-to-text takes time quadratic in the digits,
+    # and one large integer may be shared by every item of a list.
+    encoder.spend_text(value.bit_length() * 30103 // 100000 + 2)
+    known = encoder.int_texts.get(id(value))
+    if known is not None:
+        return known
     try:
-        return str(value)
+        text = str(value)
     except ValueError:  # beyond sys.get_int_max_str_digits()
         raise ResultError(
             f"an integer in the result has too many digits (about {value.bit_length() * 3 // 10})"
         ) from None
+    encoder.int_texts[id(value)] = text  # the result holds value: its id stays unique
+    return text
 
 
 def _float_tag(value: float, encoder: _Encoder, depth: int) -> object:
@@ -653,9 +668,16 @@ def _ordered_dict(encoder: _Encoder, value: OrderedDict[Any, Any], depth: int) -
 def _scalar_tag(tag: str, convert: Callable[[Any], object]) -> _Handler:
     def handler(encoder: _Encoder, value: Any, depth: int) -> object:
         encoder.enter(depth, 1, 0)
-        return {tag: convert(value)}
+        return {tag: _counted(encoder, convert(value))}
 
     return handler
+
+
+def _counted(encoder: _Encoder, converted: object) -> object:
+    """Charge a value's text form (a Decimal's digits, a date...) to the text budget."""
+    if type(converted) is str:
+        encoder.spend_text(len(converted))
+    return converted
 
 
 def _bytes_tag(tag: str) -> _Handler:
@@ -718,7 +740,7 @@ def _exception(encoder: _Encoder, value: BaseException, depth: int) -> object:
 
 def _natural(convert: Callable[[Any], object]) -> _Handler:
     def handler(encoder: _Encoder, value: Any, depth: int) -> object:
-        return convert(value)
+        return _counted(encoder, convert(value))
 
     return handler
 

@@ -179,7 +179,12 @@ async def run_call(
         raise
     elapsed = time.perf_counter() - started
     if isinstance(result, BaseException):
-        raise BackendRaised(result, result_format=call.result_format)
+        raise BackendRaised(
+            result,
+            result_format=call.result_format,
+            max_depth=state.result_max_depth,
+            max_bytes=state.max_result_bytes,
+        )
     return {
         "result": to_json(
             result,

@@ -74,7 +74,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from connbridge.codec import to_json
+from connbridge.codec import DEFAULT_MAX_RESULT_BYTES, to_json
 from connbridge.errors import (
     BackendUnavailable,
     CallTimeout,
@@ -189,10 +189,23 @@ class InvalidPayload(GatewayError):
 class BackendRaised(GatewayError):
     """The backend answered with an exception object (not an error of the transport)."""
 
-    def __init__(self, exc: BaseException, *, result_format: str = "json") -> None:
+    def __init__(
+        self,
+        exc: BaseException,
+        *,
+        result_format: str = "json",
+        max_depth: int = 250,
+        max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    ) -> None:
+        """``max_depth`` and ``max_bytes`` bound the arguments' JSON as for results."""
         kind = type(exc)
         try:
-            encoded = to_json(exc, format=result_format)  # type: ignore[arg-type]
+            encoded = to_json(
+                exc,
+                format=result_format,  # type: ignore[arg-type]
+                max_depth=max_depth,
+                max_bytes=max_bytes,
+            )
             described = encoded["$exception"]  # type: ignore[index]
         except (ResultError, KeyError, TypeError):
             # The arguments have no JSON form: say what it was, without them.

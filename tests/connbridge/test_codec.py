@@ -542,6 +542,24 @@ def test_shared_string_bomb_fails_fast() -> None:
                 to_json(loads(data), format=fmt, max_bytes=64 * 2**20)
 
 
+@pytest.mark.parametrize(
+    "shared",
+    [
+        int("7" * 4000),  # a large integer: its text, and quadratic time to make it
+        decimal.Decimal("1" * 100_000),
+        fractions.Fraction(int("3" * 3000), 7),
+    ],
+    ids=["int", "decimal", "fraction"],
+)
+def test_shared_values_written_as_text_count_too(shared: object) -> None:
+    data = pickle.dumps([shared] * 20_000, 4)
+    started = time.monotonic()
+    for fmt in ("json", "tagged"):
+        with pytest.raises(ResultError, match="max_bytes"):
+            to_json(loads(data), format=fmt, max_bytes=16 * 2**20)
+    assert time.monotonic() - started < 5.0
+
+
 def test_max_bytes_counts_strings_keys_and_base64() -> None:
     assert to_json(["ab", {"cd": "e"}], max_bytes=5) == ["ab", {"cd": "e"}]
     with pytest.raises(ResultError, match="max_bytes"):
@@ -551,6 +569,9 @@ def test_max_bytes_counts_strings_keys_and_base64() -> None:
         to_json([b"abcd"], max_bytes=7)  # 4 bytes: 8 of base64
     with pytest.raises(ResultError, match="max_bytes"):
         to_json({(1,): "abcdef"}, max_bytes=5)  # also in the $dict form
+    assert to_json({1: 0, "abc": 0}, max_bytes=3) == {"$dict": [[1, 0], ["abc", 0]]}  # once
+    with pytest.raises(ResultError, match="max_bytes"):
+        to_json("abcdef", max_bytes=5)  # a lone string as well
 
 
 def test_max_nodes_counts_items() -> None:

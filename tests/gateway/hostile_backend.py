@@ -11,6 +11,7 @@ A pair ``(x, y)`` is answered with ``x + y``; a dict ``{"op": ...}`` with:
 ``huge-frame``  a frame header announcing 1 GiB (more than any sane max_frame)
 ``surrogate``   a string with a lone surrogate (no JSON form)
 ``shared``      one 512 KiB string referenced 2,000 times (512 KiB pickled, 1 GB as JSON)
+``shared-exception``  a ValueError whose 200 arguments are one 512 KiB string (100 MiB as JSON)
 ``close``       no reply: the connection is closed mid-call
 """
 
@@ -57,6 +58,8 @@ def _serve(conn):
                 conn.send("lone \ud800 surrogate")
             elif op == "shared":
                 conn.send(["x" * (1 << 19)] * 2000)
+            elif op == "shared-exception":
+                conn.send(ValueError(*["x" * (1 << 19)] * 200))
             elif op == "close":
                 return
             else:

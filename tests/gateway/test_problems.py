@@ -306,6 +306,17 @@ async def test_502_bad_replies(settings, op, slug):
         assert response.json()["result"] == 4
 
 
+async def test_exception_arguments_past_max_result_bytes_are_left_out(settings):
+    settings["gateway"]["max_result_bytes"] = 16 * 1024 * 1024  # the default would allow them
+    async with serve_gateway(settings) as gw:
+        response = await gw.client.post(
+            "/backends/hostile/compute", json={"payload": {"op": "shared-exception"}}
+        )
+    body = assert_problem(response, 502, "backend-exception")
+    assert body["exception"] == {"type": "ValueError", "args": None}
+    assert len(response.content) < 10_000
+
+
 async def test_503_overloaded_with_retry_after(demo, tmp_path):
     settings = {
         "backends": {"demo": backend_config(demo, tmp_path, max_connections=1, acquire_timeout=0.2)}
