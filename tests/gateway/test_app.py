@@ -134,3 +134,17 @@ async def test_openapi_describes_bodies_and_problems(demo, tmp_path):
     assert schemas["ComputeRequest"]["required"] == ["payload"]
     assert "/backends/demo/compute" in paths
     assert {"/backends", "/healthz", "/readyz", "/metrics"} <= set(paths)
+
+
+def test_request_ids_are_random_and_unique_across_batches() -> None:
+    import itertools
+
+    from gateway.log import _random_ids
+
+    ids = [_random_ids.next_id() for _ in range(1000)]  # several batches of 256
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    # Not a counter: consecutive ids share no long common prefix as a rule.
+    assert sum(a[:8] == b[:8] for a, b in itertools.pairwise(ids)) < 5
+    _random_ids.forget()  # what a forked child does: a fresh draw
+    assert _random_ids.next_id() not in ids

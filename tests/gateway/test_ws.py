@@ -368,6 +368,9 @@ async def test_auth_refusals_close_with_1008(demo, tmp_path, caplog, monkeypatch
         with pytest.raises(InvalidStatus):
             async with open_ws(gw, f"/ws/unknown/path?access_token={KEY}&x=1"):
                 pass
+        with pytest.raises(InvalidStatus):  # the name percent-encoded
+            async with open_ws(gw, f"/ws/unknown/path?access%5Ftoken={KEY}"):
+                pass
     text = caplog.text + "\n".join(uvicorn_lines)
     assert "[accepted]" in text  # uvicorn logged the sockets...
     assert '"WebSocket /ws/unknown/path?x=1" 403' in text
