@@ -979,9 +979,9 @@ class Pool:
                 )
             except OSError as exc:
                 errors.append(f"cannot resolve {configured.host}: {exc.strerror or exc}")
-                # keep what we resolved before for this name
+                # keep what we resolved before for this name (not what it had dropped)
                 for key, target in self._targets.items():
-                    if target.source == configured:
+                    if target.source == configured and not target.stale:
                         found[key] = (target.address, configured)
                 continue
             for _family, _type, _proto, _canon, sockaddr in infos:

@@ -105,6 +105,16 @@ async def scenario(hosts_file: str, port: int, pids: dict[str, int]) -> dict[str
         report["last"] = sorted(await targets(pool))
         report["last_pids"] = sorted(await pids_answering(pool, 16))
         report["stale_then_forgotten"] = await forgotten(pool, a)
+        # The name stops resolving: the pool keeps what it had and still works.
+        point_name_at(hosts_file, [])
+        failed_at = time.monotonic()
+        while pool.health().get("error") is None:
+            if time.monotonic() - failed_at > WAIT:
+                raise TimeoutError("the failed resolution was never reported")
+            await asyncio.sleep(0.05)
+        report["kept_on_failure"] = sorted(await targets(pool))
+        report["resolve_error"] = pool.health()["error"]
+        report["pids_on_failure"] = sorted(await pids_answering(pool, 4))
     finally:
         await pool.close()
     return report

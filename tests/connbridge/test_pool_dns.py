@@ -52,3 +52,10 @@ def test_an_address_removed_from_the_name_gets_no_more_calls_and_is_forgotten(re
     assert report["last"] == [f"127.0.0.3:{port}"]
     assert report["stale_then_forgotten"] is True
     assert report["last_pids"] == [report["pids"]["127.0.0.3"]]
+
+
+def test_a_name_that_stops_resolving_keeps_its_last_addresses(report) -> None:
+    port = report["first"][0].rsplit(":", 1)[1]
+    assert report["resolve_error"].startswith("cannot resolve replicas.connbridge.test")
+    assert report["kept_on_failure"] == [f"127.0.0.3:{port}"]
+    assert report["pids_on_failure"] == [report["pids"]["127.0.0.3"]]
