@@ -241,20 +241,19 @@ def _tag_tuple(payload: object, depth: int, limit: int) -> object:
     return tuple(_decode_array("$tuple", payload, depth, limit))
 
 
-def _tag_set(payload: object, depth: int, limit: int) -> object:
-    items = _decode_array("$set", payload, depth, limit)
-    try:
-        return set(items)
-    except TypeError as exc:
-        raise _Fail(f"$set members must be hashable: {exc}") from None
+def _tag_of_members(
+    tag: str, kind: type[set[Any]] | type[frozenset[Any]]
+) -> Callable[[object, int, int], object]:
+    """The decoder of ``$set`` or ``$frozenset``: an array of hashable members."""
 
+    def decode(payload: object, depth: int, limit: int) -> object:
+        items = _decode_array(tag, payload, depth, limit)
+        try:
+            return kind(items)
+        except TypeError as exc:
+            raise _Fail(f"{tag} members must be hashable: {exc}") from None
 
-def _tag_frozenset(payload: object, depth: int, limit: int) -> object:
-    items = _decode_array("$frozenset", payload, depth, limit)
-    try:
-        return frozenset(items)
-    except TypeError as exc:
-        raise _Fail(f"$frozenset members must be hashable: {exc}") from None
+    return decode
 
 
 def _tag_dict(payload: object, depth: int, limit: int) -> object:
@@ -424,8 +423,8 @@ def _tag_exception(payload: object, depth: int, limit: int) -> object:
 
 _TAGS: Final[dict[str, Callable[[object, int, int], object]]] = {
     "$tuple": _tag_tuple,
-    "$set": _tag_set,
-    "$frozenset": _tag_frozenset,
+    "$set": _tag_of_members("$set", set),
+    "$frozenset": _tag_of_members("$frozenset", frozenset),
     "$dict": _tag_dict,
     "$bytes": _tag_bytes,
     "$bytearray": _tag_bytearray,

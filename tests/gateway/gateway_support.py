@@ -30,6 +30,14 @@ HERE = Path(__file__).resolve().parent
 #: A Listener that answers with refused pickles, broken frames and the like.
 HOSTILE = str(HERE / "hostile_backend.py")
 PROBLEM = "application/problem+json"
+#: A payload_schema for backends that add a pair of integers.
+PAIR_SCHEMA = {
+    "type": "array",
+    "items": {"type": "integer"},
+    "minItems": 2,
+    "maxItems": 2,
+    "examples": [[5, 6]],
+}
 
 
 def problem_type(slug: str) -> str:

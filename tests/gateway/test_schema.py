@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from gateway_support import backend_config, problem_type, serve_gateway
+from gateway_support import PAIR_SCHEMA, backend_config, problem_type, serve_gateway
 
 pytestmark = pytest.mark.timeout(60)
 
-PAIR = {
-    "type": "array",
-    "items": {"type": "integer"},
-    "minItems": 2,
-    "maxItems": 2,
-    "examples": [[5, 6]],
-}
+PAIR = PAIR_SCHEMA
 
 
 @pytest.fixture(scope="module")

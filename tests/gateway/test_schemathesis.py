@@ -28,7 +28,7 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
-from gateway_support import key_file, problem_type, serve_gateway, sha256_hex
+from gateway_support import PAIR_SCHEMA, key_file, problem_type, serve_gateway, sha256_hex
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -43,13 +43,7 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 MAX_EXAMPLES = 30
 AUTHKEY = b"schemathesis-demo-key"
 API_KEY = "schemathesis-api-key"
-PAIR = {
-    "type": "array",
-    "items": {"type": "integer"},
-    "minItems": 2,
-    "maxItems": 2,
-    "examples": [[5, 6]],
-}
+PAIR = PAIR_SCHEMA
 BACKEND_EXCEPTION = problem_type("backend-exception")
 BACKEND_TIMEOUT = problem_type("backend-timeout")
 

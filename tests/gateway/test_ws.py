@@ -15,8 +15,10 @@ from gateway_support import backend_config, problem_type, serve_gateway, sha256_
 from websockets.exceptions import InvalidStatus
 from ws_support import (
     WAIT,
+    config,
     hub,
     open_ws,
+    pool_stats,
     recv_json,
     serve_with_ws_options,
     server_frames,
@@ -36,17 +38,6 @@ SCOPED = "ws-scoped-key-0002"
 @pytest.fixture(scope="module")
 def demo(start_shared_backend):
     return start_shared_backend("demo")
-
-
-def config(demo, tmp_path, websocket=None, **backend):
-    settings = {"backends": {"demo": backend_config(demo, tmp_path, **backend)}}
-    if websocket:
-        settings["websocket"] = websocket
-    return settings
-
-
-def pool_stats(gw, name="demo"):
-    return gw.state.backends[name].running_pool().stats()
 
 
 async def test_thousand_calls_on_one_socket(demo, tmp_path):

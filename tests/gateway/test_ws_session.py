@@ -10,8 +10,10 @@ import pytest
 from gateway_support import HOSTILE, backend_config, serve_gateway, sha256_hex, wait_until
 from ws_support import (
     WAIT,
+    config,
     hub,
     open_ws,
+    pool_stats,
     process_sockets,
     process_threads,
     recv_json,
@@ -32,17 +34,6 @@ def demo(start_shared_backend):
 @pytest.fixture(scope="module")
 def hostile(start_shared_backend):
     return start_shared_backend(HOSTILE)
-
-
-def config(demo, tmp_path, websocket=None, **backend):
-    settings = {"backends": {"demo": backend_config(demo, tmp_path, **backend)}}
-    if websocket:
-        settings["websocket"] = websocket
-    return settings
-
-
-def pool_stats(gw, name="demo"):
-    return gw.state.backends[name].running_pool().stats()
 
 
 async def no_session_left(gw):

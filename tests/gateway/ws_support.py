@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import uvicorn
-from gateway_support import RunningGateway
+from gateway_support import RunningGateway, backend_config
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -23,6 +23,21 @@ from gateway.settings import Settings
 
 #: Bound of every wait on a socket in these tests.
 WAIT = 10.0
+
+
+def config(
+    demo: Any, tmp_path: Path, websocket: Mapping[str, Any] | None = None, **backend: Any
+) -> dict[str, Any]:
+    """Gateway settings with the one backend ``demo`` (and ``[websocket]`` if given)."""
+    settings: dict[str, Any] = {"backends": {"demo": backend_config(demo, tmp_path, **backend)}}
+    if websocket:
+        settings["websocket"] = dict(websocket)
+    return settings
+
+
+def pool_stats(gw: RunningGateway, name: str = "demo") -> dict[str, Any]:
+    """The statistics of the pool of backend ``name`` in the served gateway."""
+    return gw.state.backends[name].running_pool().stats()
 
 
 def hub(gw: RunningGateway) -> WebSocketHub:
