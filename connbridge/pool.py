@@ -169,7 +169,6 @@ class _Target:
     last_error: str | None = None
     #: What failed last: "connect", "auth", "handshake", "handshake_timeout", ...
     error_kind: str | None = None
-    auth_failed: bool = False
     stale: bool = False
     calls: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -708,7 +707,6 @@ class Pool:
         target.failures = 0
         target.last_error = None
         target.error_kind = None
-        target.auth_failed = False
         target.ejected_until = 0.0
         if was_down:
             logger.info("backend %s: %s is up again", self.name, target.address)
@@ -717,7 +715,6 @@ class Pool:
     def _mark_down(self, target: _Target, exc: BaseException, kind: str) -> None:
         target.failures += 1
         auth = isinstance(exc, AuthenticationError)
-        target.auth_failed = auth
         base, cap = (
             (_AUTH_BACKOFF_BASE, _AUTH_BACKOFF_CAP) if auth else (_BACKOFF_BASE, _BACKOFF_CAP)
         )
