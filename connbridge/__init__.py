@@ -25,6 +25,7 @@ __all__ = [
     "Address",
     "AddressError",
     "AuthenticationError",
+    "BackendBusy",
     "BackendUnavailable",
     "CallInterrupted",
     "CallTimeout",
@@ -37,6 +38,8 @@ __all__ = [
     "FrameTooLarge",
     "HandshakeError",
     "HandshakeTimeout",
+    "Lease",
+    "LeaseReleased",
     "PayloadError",
     "PickleError",
     "Pool",
@@ -57,6 +60,7 @@ _WHERE = {
     "parse_address": "addresses",
     "Connection": "connection",
     "connect": "connection",
+    "Lease": "pool",
     "Pool": "pool",
     "PoolSettings": "pool",
     "start_server": "server",
@@ -69,6 +73,7 @@ if TYPE_CHECKING:
         AcquireTimeout,
         AddressError,
         AuthenticationError,
+        BackendBusy,
         BackendUnavailable,
         CallInterrupted,
         CallTimeout,
@@ -80,6 +85,7 @@ if TYPE_CHECKING:
         FrameTooLarge,
         HandshakeError,
         HandshakeTimeout,
+        LeaseReleased,
         PayloadError,
         PickleError,
         PoolClosed,
@@ -89,7 +95,7 @@ if TYPE_CHECKING:
         RefusedGlobal,
         ResultError,
     )
-    from .pool import Pool, PoolSettings
+    from .pool import Lease, Pool, PoolSettings
     from .server import start_server
 
 

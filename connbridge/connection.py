@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "Connection",
+    "FrameProtocol",
     "connect",
     "open_connection",
 ]
@@ -61,10 +62,16 @@ def _expire(waiter: asyncio.Future[bytes]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-class _Stream(asyncio.Protocol):
-    """Receives bytes into a frame decoder and wakes at most one reader."""
+class FrameProtocol(asyncio.Protocol):
+    """Receives bytes into a frame decoder and wakes at most one reader.
 
-    def __init__(self, max_frame: int, on_connect: Callable[[_Stream], None] | None = None) -> None:
+    The asyncio protocol under a :class:`Connection`, for both sides: a
+    server (:mod:`connbridge.server`) builds one per accepted socket.
+    """
+
+    def __init__(
+        self, max_frame: int, on_connect: Callable[[FrameProtocol], None] | None = None
+    ) -> None:
         self.decoder = FrameDecoder(max_frame)
         self.on_connect = on_connect
         self.transport: asyncio.Transport | None = None
@@ -81,6 +88,11 @@ class _Stream(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.drain_waiters: deque[asyncio.Future[None]] = deque()
+        # Called when input (a frame's bytes, or EOF) arrives while nobody
+        # reads: on an idle pooled connection that is a stray reply or the
+        # server going away, and the pool wants to know at once, not at the
+        # next checkout, when a request may already be on its way.
+        self.watcher: Callable[[], None] | None = None
 
     # asyncio.Protocol callbacks
 
@@ -115,7 +127,10 @@ class _Stream(asyncio.Protocol):
                 return
             if frame is not None:
                 waiter.set_result(frame)
-        elif decoder.buffered > _READ_HIGH_WATER and not self.reading_paused:
+            return
+        if self.watcher is not None:
+            self.watcher()
+        if decoder.buffered > _READ_HIGH_WATER and not self.reading_paused:
             self.reading_paused = True
             assert self.transport is not None
             self.transport.pause_reading()
@@ -123,6 +138,7 @@ class _Stream(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self._wake(ConnectionClosed("the peer closed the connection"))
+        self._notify_idle()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -131,6 +147,7 @@ class _Stream(asyncio.Protocol):
             self.error = ConnectionClosed(f"connection lost: {exc}")
             self.error.__cause__ = exc
         self._wake(self.error or ConnectionClosed("the connection is closed"))
+        self._notify_idle()
         if not self.lost.done():
             self.lost.set_result(None)
         for waiter in self.drain_waiters:
@@ -153,6 +170,10 @@ class _Stream(asyncio.Protocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
+
+    def _notify_idle(self) -> None:
+        if self.watcher is not None and (self.waiter is None or self.waiter.done()):
+            self.watcher()
 
     def _broken(self, exc: BaseException) -> None:
         """The stream is in an unknown state: remember why and drop the transport."""
@@ -179,7 +200,7 @@ class Connection:
 
     def __init__(
         self,
-        stream: _Stream,
+        stream: FrameProtocol,
         address: Address,
         *,
         max_frame: int = DEFAULT_MAX_FRAME,
@@ -222,6 +243,22 @@ class Connection:
         """
         stream = self._stream
         return bool(stream.pushback) or stream.decoder.buffered > 0 or self.closed
+
+    def has_unread_data(self) -> bool:
+        """True if bytes arrived that nobody has read (EOF alone does not count)."""
+        stream = self._stream
+        return bool(stream.pushback) or stream.decoder.buffered > 0
+
+    def watch(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback`` called when input arrives while nobody receives.
+
+        That is a stray frame, or the peer's EOF, on a connection with no
+        exchange in progress. ``None`` stops watching. The callback runs inside
+        the transport's callbacks: it must not raise or block. Input already
+        pending when this is called does not trigger it; check
+        :meth:`has_pending_input` after setting it.
+        """
+        self._stream.watcher = callback
 
     @property
     def peer_closed(self) -> bool:
@@ -419,10 +456,17 @@ class Connection:
         server's ``accept()`` fail. Raises :class:`HandshakeError` and
         :class:`~connbridge.errors.AuthenticationError`.
         """
-        await self._run_handshake(ClientHandshake(authkey, allow_md5=allow_md5))
+        await self.run_handshake(ClientHandshake(authkey, allow_md5=allow_md5))
 
-    async def _run_handshake(self, handshake: ClientHandshake | ServerHandshake) -> None:
-        """Drive a handshake to its end with the 256-byte message limit."""
+    async def run_handshake(self, handshake: ClientHandshake | ServerHandshake) -> None:
+        """Drive either half of a handshake to its end, with no time limit.
+
+        Handshake messages are limited to 256 bytes, as in the stdlib. Raises
+        :class:`HandshakeError` (a malformed message),
+        :class:`~connbridge.errors.AuthenticationError` (a key refused) and
+        :class:`ConnectionClosed` when the peer closes the connection in the
+        middle: a peer that went away, not a key problem.
+        """
         decoder = self._stream.decoder
         decoder.max_frame = MAX_HANDSHAKE_MESSAGE
         try:
@@ -434,9 +478,9 @@ class Connection:
                 except ProtocolError as exc:
                     raise HandshakeError(f"malformed handshake message: {exc}") from exc
                 except ConnectionClosed as exc:
-                    raise HandshakeError(
-                        f"the peer closed the connection while we waited for "
-                        f"{handshake.awaiting} (wrong authkey, or no authkey on its side?)"
+                    raise ConnectionClosed(
+                        f"the peer closed the connection during the handshake, while we "
+                        f"waited for {handshake.awaiting}"
                     ) from exc
                 self._write_frames(handshake.receive(message))
                 if handshake.error is not None:
@@ -449,7 +493,7 @@ class Connection:
 
 async def open_stream(
     address: AddressLike, *, connect_timeout: float | None, max_frame: int
-) -> tuple[Address, _Stream]:
+) -> tuple[Address, FrameProtocol]:
     """Open the transport only and return the protocol object.
 
     Raises :class:`ConnectTimeout` or :class:`ConnectError`.
@@ -457,8 +501,8 @@ async def open_stream(
     addr = parse_address(address)
     loop = asyncio.get_running_loop()
 
-    def factory() -> _Stream:
-        return _Stream(max_frame)
+    def factory() -> FrameProtocol:
+        return FrameProtocol(max_frame)
 
     try:
         async with asyncio.timeout(connect_timeout):
@@ -542,7 +586,7 @@ async def connect(
     handshake = ClientHandshake(authkey, allow_md5=allow_md5)
     try:
         await run_with_timeout(
-            conn._run_handshake(handshake), handshake_timeout, conn.address, handshake
+            conn.run_handshake(handshake), handshake_timeout, conn.address, handshake
         )
     except BaseException:
         await conn.close(timeout=1.0)
@@ -562,7 +606,7 @@ async def run_with_timeout(
             await coro
     except TimeoutError as exc:
         hint = ""
-        if isinstance(handshake, ClientHandshake) and handshake.awaiting == "the peer's challenge":
+        if isinstance(handshake, ClientHandshake) and handshake.awaiting_challenge:
             hint = (
                 " The Listener may have no authkey (it then waits for the client to "
                 "speak first), or it serves one connection at a time and is busy."

@@ -23,6 +23,8 @@ translated where they cross into the library and chained with ``from``.
     │   ├── PoolClosed                the pool is shutting down or closed
     │   ├── PoolOverloaded            too many callers already wait for a connection
     │   │   └── AcquireTimeout        (also TimeoutError) no connection freed in time
+    │   ├── BackendBusy               the server takes no more connections right now
+    │   ├── LeaseReleased             a leased connection used after its block ended
     │   └── BackendUnavailable        every address of the backend is down
     └── CodecError
         ├── PayloadError              (also ValueError) JSON that cannot become Python
@@ -39,6 +41,7 @@ __all__ = [
     "AcquireTimeout",
     "AddressError",
     "AuthenticationError",
+    "BackendBusy",
     "BackendUnavailable",
     "CallInterrupted",
     "CallTimeout",
@@ -50,6 +53,7 @@ __all__ = [
     "FrameTooLarge",
     "HandshakeError",
     "HandshakeTimeout",
+    "LeaseReleased",
     "PayloadError",
     "PickleError",
     "PoolClosed",
@@ -134,7 +138,34 @@ class PoolOverloaded(PoolError):
 
 
 class AcquireTimeout(PoolOverloaded, TimeoutError):
-    """No connection became free within ``acquire_timeout``."""
+    """No connection became free within ``acquire_timeout`` or the call's budget.
+
+    The request never reached the backend. ``in_use`` and ``draining`` are the
+    pool's counts when the wait ended, so the caller can tell a pool taken by
+    slow calls from one taken by abandoned ones still draining.
+    """
+
+    def __init__(self, message: str, *, in_use: int = 0, draining: int = 0) -> None:
+        super().__init__(message)
+        self.in_use = in_use
+        self.draining = draining
+
+
+class BackendBusy(PoolError):
+    """The server takes no more connections now: it serves a few at a time and is busy.
+
+    Raised for a new long-lived connection (a session) to an address whose
+    learned capacity is taken, and when a handshake stays silent while other
+    connections to that address work. Not an authentication failure.
+    """
+
+
+class LeaseReleased(PoolError):
+    """A connection leased by :meth:`Pool.connection` was used after its block ended.
+
+    By then the connection may serve another caller; using it would let a
+    reply reach the wrong one.
+    """
 
 
 class BackendUnavailable(PoolError):

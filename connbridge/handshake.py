@@ -167,6 +167,11 @@ class _Handshake:
         return self._state is _State.DONE
 
     @property
+    def awaiting_challenge(self) -> bool:
+        """True while the peer has not sent its challenge yet (nothing was received)."""
+        return self._state is _State.AWAIT_CHALLENGE
+
+    @property
     def awaiting(self) -> str:
         """What the handshake waits for, in words, for timeout messages."""
         return self._state.value

@@ -3,10 +3,27 @@
 The rule this pool lives by: **a reply never reaches the wrong caller.** A
 connection whose exchange timed out, was cancelled or failed is never handed
 to another caller while a reply to the old exchange may still arrive. After a
-timeout or a cancellation the connection stays checked out while a background
-task reads the late reply (the *drain*); only then is it reused. It is closed
-if the drain itself times out, and always when its state is unknown (a broken
+timeout or a cancellation the connection is kept while a background task
+reads the late reply (the *drain*); only then is it reused. It is closed if
+the drain itself times out, and always when its state is unknown (a broken
 frame, a protocol error).
+
+The protocol has no request ids, so the rule also needs each message to get
+exactly one reply. A backend declares which kind it is (``replies``):
+
+* ``"one"`` (the default): every message gets exactly one reply. The pool
+  keeps a watch on every idle connection, so a frame nobody asked for is seen
+  the moment it arrives; it is a violation: the connection is closed, the
+  address's connections are no longer reused (each call gets a connection of
+  its own) and a warning is logged. Before an address's connections are
+  reused at all, a connection's first reply must be followed by a quiet
+  ``settle_time``: a server that closes after each reply (a manager's
+  server-level requests, one-shot servers) or answers twice is thus found
+  before any second request meets it. A backend that breaks the rule later
+  can misroute a reply only until its first stray frame is seen.
+* ``"many"``: a message may get several replies. Each call then gets a
+  connection of its own, closed gently after the first reply, so no reply can
+  ever reach a later caller.
 
 How the pool treats the servers it talks to:
 
@@ -16,24 +33,34 @@ How the pool treats the servers it talks to:
   new connections one at a time per address, and when a handshake stays
   silent past ``handshake_timeout`` while other connections to that address
   work, it learns that the address serves only that many connections
-  (``capacity`` in the statistics) and stops opening more. The silent
-  connection is not abandoned: closing a connection that such a server will
-  accept later makes its ``accept()`` fail, which kills the classic server.
-  It waits in the background and joins the pool when the server gets to it
-  (and the learned capacity is forgotten, since the server proved it serves
-  more).
+  (``capacity`` in the statistics) and stops opening more; the capacity
+  stays learned. The silent connection is never closed by the pool while it
+  runs: closing a connection that such a server will accept later makes its
+  ``accept()`` fail, which kills the classic server. Instead, the next
+  working connection that comes back idle is retired gently, the server
+  reaches the silent one, its handshake completes and it joins the pool. On
+  shutdown every silent handshake is unwound the same way within the grace
+  period. A session (:meth:`Pool.open_dedicated`) on an address whose
+  capacity is taken raises :class:`~connbridge.errors.BackendBusy` at once.
 * **Fragile servers.** Connections are closed with a clean EOF (and we wait
   for the server's EOF before closing the socket), late replies are drained
   rather than cut off, and after a wrong key the address backs off for a
   long time instead of retrying, since each attempt may kill such a server.
+* **Abandoned calls.** A drain does not take one of the ``max_connections``
+  call slots, up to ``max_draining`` drains per address; past that, a drain
+  keeps its slot (the pool never cuts a drain short, which could kill a
+  fragile server), and a caller that gets no connection within its time gets
+  :class:`~connbridge.errors.AcquireTimeout` with the counts in use and
+  draining. Where a capacity was learned, drains count against it: such a
+  server is busy with the abandoned request.
 * **Replicas.** A backend may have several addresses, and a host name may
   resolve to several IPs (re-resolved every ``dns_interval`` seconds: this is
   how a headless Kubernetes Service fans out). An IP the name no longer
   lists takes no new calls; its idle connections close, calls in flight
-  finish, and then it is forgotten. Calls go to the healthy
-  address with the fewest calls in flight. An address that fails is ejected
-  with exponential backoff and jitter; a background probe reconnects to it
-  before it takes calls again. When every address is down, callers get
+  finish, and then it is forgotten. Calls go to the healthy address with the
+  fewest calls in flight. An address that fails is ejected with exponential
+  backoff and jitter; a background probe reconnects to it before it takes
+  calls again. When every address is down, callers get
   :class:`~connbridge.errors.BackendUnavailable` at once.
 * **Retries.** A call is retried on another connection only when it provably
   never reached the backend: an idle connection that shows EOF or stray bytes
@@ -41,6 +68,10 @@ How the pool treats the servers it talks to:
   address. A request that may have been delivered is never sent twice; if the
   connection breaks mid-call the caller gets
   :class:`~connbridge.errors.CallInterrupted`.
+
+Per-address state and its transitions live in :mod:`connbridge.replica`; a
+connection's own lifecycle (reuse, settle, drain, close) in
+:mod:`connbridge.holder`.
 """
 
 from __future__ import annotations
@@ -48,19 +79,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Final, Literal, TypedDict
 
 from .addresses import Address, AddressLike, parse_address
 from .connection import Connection, open_connection
 from .errors import (
     AcquireTimeout,
     AuthenticationError,
+    BackendBusy,
     BackendUnavailable,
     CallInterrupted,
     CallTimeout,
@@ -73,22 +104,19 @@ from .errors import (
     ProtocolError,
 )
 from .frames import DEFAULT_MAX_FRAME
+from .holder import Holder, HolderState, Lease
+from .replica import BACKOFF_BASE, Replica, ReplicaState, ReplicaView, Reuse
 from .unpickler import make_dumps, make_loads
 
-__all__ = ["Pool", "PoolSettings"]
+__all__ = ["Lease", "Pool", "PoolHealth", "PoolSettings", "PoolStats"]
 
 logger = logging.getLogger(__name__)
 
-# Backoff of an address after a failure: doubles from the base up to the cap.
-_BACKOFF_BASE = 0.25
-_BACKOFF_CAP = 30.0
-# After a wrong key: each attempt may kill a fragile server, so wait longer.
-_AUTH_BACKOFF_BASE = 5.0
-_AUTH_BACKOFF_CAP = 300.0
 # How often the housekeeping task looks for idle and expired connections.
 _HOUSEKEEPING_INTERVAL = 1.0
 #: Error kinds of a failed handshake (a wrong key, or none where one is needed).
 _HANDSHAKE_KINDS: Final = frozenset({"auth", "handshake", "handshake_timeout"})
+_REPLIES: Final = ("one", "many")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +140,12 @@ class PoolSettings:
     max_waiters: int = 1000
     #: How long a late reply is awaited after a timeout before the connection is closed.
     drain_timeout: float = 60.0
+    #: Drains per address that do not take a call slot (see module doc).
+    max_draining: int = 4
+    #: ``"one"`` reply per message, or ``"many"`` (see module doc).
+    replies: Literal["one", "many"] = "one"
+    #: Quiet time after an address's first reply before its connections are reused.
+    settle_time: float = 0.05
     #: Default grace period of :meth:`Pool.close` for calls in flight.
     close_grace: float = 10.0
     #: How often host names are resolved again.
@@ -131,6 +165,39 @@ class PoolSettings:
                 raise ValueError(f"{f.name} must be positive, not {value!r}")
         if not 0 <= self.pickle_protocol <= 5:
             raise ValueError(f"pickle_protocol must be 0..5, not {self.pickle_protocol}")
+        if self.replies not in _REPLIES:
+            raise ValueError(f'replies must be "one" or "many", not {self.replies!r}')
+
+
+class PoolHealth(TypedDict, total=False):
+    """What :meth:`Pool.health` reports."""
+
+    status: str
+    addresses: list[ReplicaView]
+    error: str
+
+
+class PoolStats(TypedDict):
+    """What :meth:`Pool.stats` reports (JSON-able)."""
+
+    name: str
+    open: int
+    idle: int
+    in_use: int
+    draining: int
+    opening: int
+    stalled_handshakes: int
+    waiters: int
+    calls: int
+    errors: dict[str, int]
+    violations: int
+    waits: int
+    wait_time_total_s: float
+    wait_time_max_s: float
+    closed: dict[str, int]
+    dedicated_opened: int
+    max_connections_per_address: int
+    addresses: list[ReplicaView]
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
@@ -138,61 +205,11 @@ def _expire(waiter: asyncio.Future[Any]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-class _Holder:
-    """A pooled connection and what the pool knows about it."""
-
-    __slots__ = ("conn", "created", "last_used", "target")
-
-    def __init__(self, conn: Connection, target: _Target, now: float) -> None:
-        self.conn = conn
-        self.target = target
-        self.created = now
-        self.last_used = now
-
-
-@dataclass(eq=False)
-class _Target:
-    """One resolved address (a replica) and its health."""
-
-    address: Address
-    source: Address  # the configured address it was resolved from
-    idle: deque[_Holder] = field(default_factory=deque)
-    in_use: int = 0
-    draining: int = 0
-    established: int = 0
-    opening: int = 0
-    stalled: int = 0
-    capacity: int | None = None
-    state: str = "unknown"  # "unknown" | "up" | "down"
-    failures: int = 0
-    ejected_until: float = 0.0
-    last_error: str | None = None
-    #: What failed last: "connect", "auth", "handshake", "handshake_timeout", ...
-    error_kind: str | None = None
-    stale: bool = False
-    calls: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    prober: asyncio.Task[None] | None = None
-
-    def ejected(self, now: float) -> bool:
-        return self.state == "down" and (now < self.ejected_until or self.prober is not None)
-
-    def can_grow(self, limit: int) -> bool:
-        cap = limit if self.capacity is None else min(limit, self.capacity)
-        return (
-            not self.stale
-            and self.state != "down"
-            and self.opening == 0
-            and self.stalled == 0
-            and self.established + self.opening < cap
-        )
-
-
 class Pool:
     """Connections to one backend (one or more addresses), shared by many callers.
 
     ``await pool.start()`` first; then ``await pool.call(obj)`` or
-    ``async with pool.connection() as conn``; finally ``await pool.close()``.
+    ``async with pool.connection() as lease``; finally ``await pool.close()``.
     """
 
     def __init__(
@@ -217,8 +234,8 @@ class Pool:
         self._authkey = authkey
         self._loads = make_loads(self.settings.allowlist, encoding=self.settings.py2_encoding)
         self._dumps = make_dumps(self.settings.pickle_protocol)
-        self._targets: dict[str, _Target] = {}
-        self._waiters: deque[asyncio.Future[_Holder | None]] = deque()
+        self._replicas: dict[str, Replica] = {}
+        self._waiters: deque[asyncio.Future[Holder | None]] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._started = False
@@ -233,6 +250,7 @@ class Pool:
         self._calls = 0
         self._errors: Counter[str] = Counter()
         self._closed_by: Counter[str] = Counter()
+        self._violations = 0
         self._waits = 0
         self._wait_total = 0.0
         self._wait_max = 0.0
@@ -240,6 +258,61 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} {[str(a) for a in self.addresses]}>"
+
+    # what holders need (connbridge.holder.Owner)
+
+    @property
+    def drain_timeout(self) -> float:
+        return self.settings.drain_timeout
+
+    @property
+    def max_draining(self) -> int:
+        return self.settings.max_draining
+
+    @property
+    def settle_time(self) -> float:
+        return self.settings.settle_time
+
+    @property
+    def single_use(self) -> bool:
+        return self.settings.replies == "many"
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the pool tracks (and ends on :meth:`close`)."""
+        task: asyncio.Task[Any] = (self._loop or asyncio.get_running_loop()).create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def count_close(self, reason: str) -> None:
+        self._closed_by[reason] += 1
+
+    def count_violation(self, replica: Replica) -> None:
+        self._violations += 1
+        replica.errors["stray_reply"] += 1
+
+    def came_back(self, holder: Holder) -> None:
+        """A connection with no exchange pending: hand it on, park it, or retire it.
+
+        Never awaits, so it is safe under cancellation.
+        """
+        replica = holder.replica
+        self._released.set()
+        if self._closed or replica.stale:
+            holder.close("shutdown" if self._closed else "stale")
+        elif replica.must_make_room():
+            # A one-connection-at-a-time server holds a silent handshake back
+            # until one of ours ends: end this one so that one can join.
+            holder.close("make_room")
+        elif replica.capacity is not None and replica.established > replica.capacity:
+            holder.close("surplus")
+        else:
+            holder.park()
+            self._offer(holder)
+
+    def slot_freed(self) -> None:
+        self._released.set()
+        self._grow()
 
     # lifecycle
 
@@ -254,13 +327,18 @@ class Pool:
         self._loop = asyncio.get_running_loop()
         await self._resolve()
         self._housekeeper = self._loop.create_task(self._housekeeping())
-        targets = self._live_targets()
-        if targets:
-            await self._open_soon(targets[0], reason="start-up")
+        replicas = self._live_replicas()
+        if replicas:
+            await self._open_soon(replicas[0], reason="start-up")
 
     async def close(self, grace: float | None = None) -> None:
         """Refuse new calls, let calls in flight finish within ``grace``
         seconds, then close every connection cleanly (the backends see EOF).
+
+        A silent handshake (a one-connection-at-a-time server busy with one
+        of ours) is unwound within the grace too: the working connections
+        close first, the server reaches the silent one, its handshake
+        completes, and then it is closed cleanly as well.
         """
         if self._closed:
             return
@@ -271,17 +349,12 @@ class Pool:
         deadline = loop.time() + grace
         if self._housekeeper is not None:
             self._housekeeper.cancel()
-        for target in self._targets.values():
-            if target.prober is not None:
-                target.prober.cancel()
-        # Wait for calls in flight, drains and silent handshakes, which a
-        # one-connection-at-a-time server gets to once we close the others.
+        for replica in self._replicas.values():
+            if replica.prober is not None:
+                replica.prober.cancel()
         while loop.time() < deadline:
             self._close_idle("shutdown")
-            busy = any(
-                t.in_use or t.draining or t.opening or t.stalled for t in self._targets.values()
-            )
-            if not busy:
+            if not any(r.busy for r in self._replicas.values()):
                 break
             self._released.clear()
             with contextlib.suppress(TimeoutError):
@@ -290,11 +363,14 @@ class Pool:
         self._close_idle("shutdown")
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, ConnbridgeError):
-                await task
+        # What is left past the grace is cancelled; its connections are aborted.
+        for _ in range(3):
+            if not self._tasks:
+                break
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     @property
     def closed(self) -> bool:
@@ -306,10 +382,12 @@ class Pool:
         """Send ``obj`` and return the backend's reply (one send, one receive).
 
         ``timeout`` (default ``call_timeout``) bounds the whole call, waiting
-        for a connection included. Raises :class:`CallTimeout`,
-        :class:`CallInterrupted` (the backend may or may not have processed
-        the request), :class:`BackendUnavailable`, :class:`PoolOverloaded`,
-        :class:`AcquireTimeout`, :class:`PoolClosed`, and the codec's
+        for a connection included. Raises :class:`CallTimeout` (the backend
+        had the request), :class:`AcquireTimeout` (no connection became free
+        in time: the backend never saw the request), :class:`CallInterrupted`
+        (the backend may or may not have processed the request),
+        :class:`BackendUnavailable`, :class:`PoolOverloaded`,
+        :class:`PoolClosed`, and the codec's
         :class:`~connbridge.errors.PickleError` (for the request, or a reply
         the allowlist refuses). A reply that is an exception object is
         returned, not raised.
@@ -320,8 +398,8 @@ class Pool:
         deadline = loop.time() + budget
         holder = await self._acquire(deadline, budget)
         conn = holder.conn
-        target = holder.target
-        target.calls += 1
+        replica = holder.replica
+        replica.calls += 1
         self._calls += 1
         try:
             # The whole frame is handed to the transport before the first
@@ -329,74 +407,95 @@ class Pool:
             await conn.send_bytes(data, deadline=deadline)
             reply = await conn.recv_bytes(deadline=deadline)
         except TimeoutError:
-            self._drain_later(holder)
-            self._count_error(target, "timeout")
+            self._abandon(holder)
+            self._count_error(replica, "timeout")
             raise CallTimeout(
-                f"backend {self.name} ({target.address}) did not answer within {budget} s"
+                f"backend {self.name} ({replica.address}) did not answer within {budget} s"
             ) from None
         except ConnectionClosed as exc:
-            self._discard(holder, "error")
-            self._count_error(target, "interrupted")
+            holder.close("error")
+            self._count_error(replica, "interrupted")
             raise CallInterrupted(
-                f"backend {self.name} ({target.address}) closed the connection during "
+                f"backend {self.name} ({replica.address}) closed the connection during "
                 "the call; it may or may not have processed the request"
             ) from exc
         except ProtocolError:
-            self._discard(holder, "error")
-            self._count_error(target, "protocol")
+            holder.close("error")
+            self._count_error(replica, "protocol")
             raise
         except BaseException:
             # Cancelled (the caller went away) after the request was written:
             # the reply may still come, so drain it before any reuse.
-            self._drain_later(holder)
-            self._count_error(target, "cancelled")
+            self._abandon(holder)
+            self._count_error(replica, "cancelled")
             raise
-        self._release(holder)
+        holder.exchange_done()
         try:
             return self._loads(reply)
         except ConnbridgeError:
-            self._count_error(target, "pickle")
+            self._count_error(replica, "pickle")
             raise
+
+    def _abandon(self, holder: Holder) -> None:
+        """An exchange whose reply may still come: drain it, or close when never reused."""
+        if self.single_use or holder.replica.reuse is Reuse.NEVER:
+            holder.close("abandoned")
+        else:
+            holder.drain()
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        """Check a connection out for several exchanges.
+    async def connection(self) -> AsyncIterator[Lease]:
+        """Check a connection out for several exchanges, as a :class:`Lease`.
 
-        If the block raises (or is cancelled) the exchange state is unknown,
-        so the connection is closed gently in the background (EOF sent, the
-        server's last reply read and discarded) instead of being reused. The
-        same happens if input is left unread.
+        The lease works inside the block only; any use after it raises
+        :class:`~connbridge.errors.LeaseReleased`. If the block raises (or is
+        cancelled) the exchange state is unknown, so the connection is closed
+        gently in the background (EOF sent, the server's last reply read and
+        discarded) instead of being reused. The same happens if input is left
+        unread.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         budget = self.settings.acquire_timeout
         holder = await self._acquire(loop.time() + budget, budget)
+        lease = Lease(holder.conn)
         try:
-            yield holder.conn
+            yield lease
         except BaseException:
-            self._discard(holder, "error")
+            lease.end()
+            holder.close("error")
             raise
+        lease.end()
         if holder.conn.has_pending_input():
-            self._discard(holder, "error")
+            holder.close("error")
         else:
-            self._release(holder)
+            holder.exchange_done()
 
     async def open_dedicated(self) -> Connection:
         """Open a connection outside the pool's slots, for a long-lived session.
 
         It goes to the healthy address with the fewest calls in flight. The
-        caller owns it and must close it. If its handshake stays silent past
-        ``handshake_timeout`` it is not abandoned (see the module doc): it is
-        adopted by the pool or closed once the server gets to it, and this
-        raises :class:`HandshakeTimeout`. Raises :class:`BackendUnavailable`,
-        :class:`ConnectError` and :class:`HandshakeError` too.
+        caller owns it and must close it. An address whose learned capacity
+        is taken gets no new connection: :class:`BackendBusy` at once. If the
+        handshake stays silent past ``handshake_timeout`` while other
+        connections to the address work, the connection is not abandoned (see
+        the module doc): the pool adopts it, and this raises
+        :class:`BackendBusy`. Raises :class:`BackendUnavailable`,
+        :class:`ConnectError`, :class:`HandshakeTimeout` (no challenge from an
+        address with nothing else open) and :class:`HandshakeError` too.
         """
         if self._closed:
             raise PoolClosed(f"pool {self.name} is closed")
-        targets = [t for t in self._live_targets() if t.state != "down"]
-        if not targets:
+        replicas = [r for r in self._live_replicas() if r.state is not ReplicaState.DOWN]
+        if not replicas:
             raise self._unavailable()
-        target = min(targets, key=lambda t: t.in_use + t.draining)
-        conn = await self._connect(target, pooled=False)
+        free = [r for r in replicas if not r.at_capacity()]
+        if not free:
+            raise BackendBusy(
+                f"backend {self.name} serves {replicas[0].capacity or 'its'} connection(s) "
+                "at a time and they are taken; try again later"
+            )
+        replica = min(free, key=lambda r: r.load)
+        conn = await self._connect(replica, pooled=False)
         self._dedicated += 1
         return conn
 
@@ -405,7 +504,7 @@ class Pool:
     @property
     def ready(self) -> bool:
         """True when the pool's own state says some address works."""
-        return any(t.state == "up" for t in self._targets.values()) and not self._closed
+        return not self._closed and any(r.state is ReplicaState.UP for r in self._replicas.values())
 
     async def check(self, timeout: float) -> bool:
         """Readiness probe: true if a call could get a connection.
@@ -418,82 +517,63 @@ class Pool:
             return False
         if self.ready:
             return True
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         try:
             holder = await self._acquire(loop.time() + timeout, timeout)
         except ConnbridgeError:
             return False
-        self._release(holder)
+        self.came_back(holder)
         return True
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> PoolHealth:
         """Status from the pool's state: ``up`` if any address is, ``down`` if
         every address is ejected, ``unknown`` before the first connection."""
-        states = [t.state for t in self._targets.values() if not t.stale]
-        status = (
-            "up" if "up" in states else "down" if states and "unknown" not in states else "unknown"
-        )
-        if self._resolve_error and not states:
+        states = [r.state for r in self._replicas.values() if not r.stale]
+        if ReplicaState.UP in states:
+            status = "up"
+        elif (states and ReplicaState.UNKNOWN not in states) or (
+            self._resolve_error and not states
+        ):
             status = "down"
-        return {
+        else:
+            status = "unknown"
+        now = time.monotonic()
+        health: PoolHealth = {
             "status": status,
-            "addresses": [self._target_view(t) for t in self._targets.values()],
-            **({"error": self._resolve_error} if self._resolve_error else {}),
+            "addresses": [r.view(now) for r in self._replicas.values()],
         }
+        if self._resolve_error:
+            health["error"] = self._resolve_error
+        return health
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> PoolStats:
         """Counters and gauges, for the whole pool and per address (JSON-able)."""
-        targets = list(self._targets.values())
-        idle = sum(len(t.idle) for t in targets)
-        in_use = sum(t.in_use for t in targets)
+        replicas = list(self._replicas.values())
+        now = time.monotonic()
         return {
             "name": self.name,
-            "open": sum(t.established for t in targets),
-            "idle": idle,
-            "in_use": in_use,
-            "draining": sum(t.draining for t in targets),
-            "opening": sum(t.opening for t in targets),
-            "stalled_handshakes": sum(t.stalled for t in targets),
+            "open": sum(r.established for r in replicas),
+            "idle": sum(len(r.idle) for r in replicas),
+            "in_use": sum(r.in_use for r in replicas),
+            "draining": sum(r.draining for r in replicas),
+            "opening": sum(r.opening for r in replicas),
+            "stalled_handshakes": sum(r.stalled for r in replicas),
             "waiters": len(self._waiters),
             "calls": self._calls,
             "errors": dict(self._errors),
+            "violations": self._violations,
             "waits": self._waits,
             "wait_time_total_s": round(self._wait_total, 6),
             "wait_time_max_s": round(self._wait_max, 6),
             "closed": dict(self._closed_by),
             "dedicated_opened": self._dedicated,
             "max_connections_per_address": self.settings.max_connections,
-            "addresses": [self._target_view(t) for t in targets],
+            "addresses": [r.view(now) for r in replicas],
         }
 
-    def _target_view(self, t: _Target) -> dict[str, Any]:
-        now = time.monotonic()
-        view: dict[str, Any] = {
-            "address": str(t.address),
-            "state": t.state,
-            "open": t.established,
-            "idle": len(t.idle),
-            "in_use": t.in_use,
-            "draining": t.draining,
-            "capacity": t.capacity,
-            "calls": t.calls,
-            "errors": dict(t.errors),
-            "consecutive_failures": t.failures,
-        }
-        if t.source != t.address:
-            view["resolved_from"] = str(t.source)
-        if t.last_error:
-            view["last_error"] = t.last_error
-            view["error_kind"] = t.error_kind
-        if t.state == "down":
-            view["retry_in_s"] = round(max(0.0, t.ejected_until - now), 3)
-        if t.stale:
-            view["stale"] = True
-        return view
+    # acquiring
 
-    # acquiring and releasing
-
-    async def _acquire(self, deadline: float, budget: float) -> _Holder:
+    async def _acquire(self, deadline: float, budget: float) -> Holder:
         loop = self._loop or asyncio.get_running_loop()
         started = loop.time()
         acquire_deadline = min(deadline, started + self.settings.acquire_timeout)
@@ -515,23 +595,17 @@ class Pool:
                         f"backend {self.name}: {pending} callers already wait for a connection"
                     )
                 waited = True
-                waiter: asyncio.Future[_Holder | None] = loop.create_future()
+                waiter: asyncio.Future[Holder | None] = loop.create_future()
                 self._waiters.append(waiter)
                 timer = loop.call_at(acquire_deadline, _expire, waiter)
                 try:
                     got = await waiter
                 except TimeoutError:
                     self._return_unclaimed(waiter)
-                    if acquire_deadline >= deadline:
-                        self._errors["timeout"] += 1
-                        raise CallTimeout(
-                            f"backend {self.name}: no connection became free within {budget} s"
-                        ) from None
-                    self._errors["acquire_timeout"] += 1
-                    raise AcquireTimeout(
-                        f"backend {self.name}: no connection became free within "
-                        f"{self.settings.acquire_timeout} s"
-                    ) from None
+                    limit = (
+                        budget if acquire_deadline >= deadline else self.settings.acquire_timeout
+                    )
+                    raise self._exhausted(limit) from None
                 except BaseException:
                     self._return_unclaimed(waiter)
                     raise
@@ -546,117 +620,85 @@ class Pool:
                 self._wait_total += spent
                 self._wait_max = max(self._wait_max, spent)
 
-    def _return_unclaimed(self, waiter: asyncio.Future[_Holder | None]) -> None:
+    def _exhausted(self, limit: float) -> AcquireTimeout:
+        self._errors["pool_exhausted"] += 1
+        replicas = self._replicas.values()
+        in_use = sum(r.in_use for r in replicas)
+        draining = sum(r.draining for r in replicas)
+        return AcquireTimeout(
+            f"backend {self.name}: no connection became free within {limit} s "
+            f"({in_use} in use, {draining} draining the replies of abandoned calls); "
+            "the request was not sent",
+            in_use=in_use,
+            draining=draining,
+        )
+
+    def _return_unclaimed(self, waiter: asyncio.Future[Holder | None]) -> None:
         """A waiter gave up; if a connection was handed to it meanwhile, pass it on."""
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
             holder = waiter.result()
-            if holder is not None:
-                self._release(holder)
+            if holder is not None and holder.state is HolderState.IDLE:
+                self._pass_on(holder)  # still parked: the next waiter may have it
         else:
             waiter.cancel()
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
 
-    def _take_idle(self) -> _Holder | None:
+    def _take_idle(self) -> Holder | None:
         """Check out an idle connection on the address with the fewest calls in flight."""
         while True:
-            best: _Target | None = None
-            for target in self._targets.values():
-                if target.idle and (best is None or target.in_use < best.in_use):
-                    best = target
+            best: Replica | None = None
+            for replica in self._replicas.values():
+                if replica.idle and (best is None or replica.in_use < best.in_use):
+                    best = replica
             if best is None:
                 return None
-            holder = best.idle.pop()  # most recently used: warm, least likely expired
+            holder = best.idle[-1]  # most recently used: warm, least likely expired
             if self._usable(holder):
                 return holder
 
-    def _usable(self, holder: _Holder) -> bool:
-        """Mark a holder in use if it is fit for a new exchange; drop it otherwise."""
-        target = holder.target
-        target.in_use += 1
+    def _usable(self, holder: Holder) -> bool:
+        """Check an idle holder out if it is fit for a new exchange; close it otherwise."""
+        if holder.state is not HolderState.IDLE:
+            return False  # closed while the waiter it was handed to woke up
         conn = holder.conn
         if conn.has_pending_input():
             # EOF or stray bytes on an idle connection: the backend closed it
             # or misbehaved; it never saw our request, so this costs no call.
-            self._discard(holder, "idle_eof" if conn.peer_closed else "error")
+            holder.close("idle_eof" if conn.peer_closed else "error")
             return False
         now = time.monotonic()
         if now - holder.created > self.settings.max_lifetime:
-            self._discard(holder, "lifetime")
+            holder.close("lifetime")
             return False
         if now - holder.last_used > self.settings.idle_timeout:
-            self._discard(holder, "idle")
+            holder.close("idle")
             return False
+        holder.replica.idle.remove(holder)
+        holder.check_out()
         return True
 
-    def _release(self, holder: _Holder) -> None:
-        """Return a connection with no exchange pending (never awaits: safe under cancellation)."""
-        target = holder.target
-        target.in_use -= 1
-        holder.last_used = time.monotonic()
-        self._released.set()
-        if self._closed or target.stale:
-            self._close_holder(holder, "shutdown" if self._closed else "stale")
-            return
-        self._offer(holder)
+    def _offer(self, holder: Holder) -> None:
+        """Park a connection and wake the first waiter for it.
 
-    def _offer(self, holder: _Holder) -> None:
-        """Hand an idle connection to the first waiter, or park it."""
+        It stays in the idle list until the waiter takes it, so that closing,
+        housekeeping and the stray-input watch see it meanwhile; another
+        caller may take it first, and the waiter then looks again.
+        """
+        holder.replica.idle.append(holder)
+        self._pass_on(holder)
+
+    def _pass_on(self, holder: Holder) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(holder)
                 return
-        holder.target.idle.append(holder)
-
-    def _discard(self, holder: _Holder, reason: str) -> None:
-        """Take a checked-out connection out of service and close it gently."""
-        holder.target.in_use -= 1
-        self._released.set()
-        self._close_holder(holder, reason)
-        self._grow()
-
-    def _drain_later(self, holder: _Holder) -> None:
-        """Read the late reply of an abandoned exchange, then reuse or close the connection."""
-        target = holder.target
-        target.in_use -= 1
-        target.draining += 1
-
-        async def drain() -> None:
-            try:
-                async with asyncio.timeout(self.settings.drain_timeout):
-                    await holder.conn.recv_bytes()
-            except (TimeoutError, ConnbridgeError, OSError) as exc:
-                target.draining -= 1
-                self._closed_by["drain_failed"] += 1
-                reason = "drain_timeout" if isinstance(exc, TimeoutError) else "error"
-                self._close_holder(holder, reason, count=False)
-                self._grow()
-                return
-            except asyncio.CancelledError:
-                target.draining -= 1
-                holder.conn.abort()
-                target.established -= 1
-                raise
-            target.draining -= 1
-            target.in_use += 1
-            self._release(holder)
-
-        self._spawn(drain())
-
-    def _close_holder(self, holder: _Holder, reason: str, *, count: bool = True) -> None:
-        target = holder.target
-        target.established -= 1
-        if count:
-            self._closed_by[reason] += 1
-        # Closing waits for the server's EOF, so a server still computing a
-        # reply can send it (we discard it) instead of meeting a reset.
-        self._spawn(holder.conn.close(timeout=self.settings.drain_timeout))
 
     def _close_idle(self, reason: str) -> None:
-        for target in self._targets.values():
-            while target.idle:
-                self._close_holder(target.idle.popleft(), reason)
+        for replica in self._replicas.values():
+            while replica.idle:
+                replica.idle[0].close(reason)
 
     def _fail_waiters(self, exc: ConnbridgeError) -> None:
         while self._waiters:
@@ -673,84 +715,68 @@ class Pool:
 
     # health
 
-    def _live_targets(self) -> list[_Target]:
-        return [t for t in self._targets.values() if not t.stale]
+    def _live_replicas(self) -> list[Replica]:
+        return [r for r in self._replicas.values() if not r.stale]
 
     def _has_hope(self) -> bool:
         """Is there any connection, or attempt, that may yet serve a waiter?"""
         now = time.monotonic()
-        for t in self._targets.values():
-            if t.idle or t.in_use or t.draining or t.opening:
+        for r in self._replicas.values():
+            if r.may_serve:
                 return True
-            if not t.stale and not t.ejected(now):
+            if not r.stale and not r.ejected(now):
                 return True
         return False
 
     def _unavailable(self) -> BackendUnavailable:
         self._errors["unavailable"] += 1
-        failed = [t for t in self._targets.values() if t.last_error and not t.stale]
-        reasons = [f"{t.address}: {t.last_error}" for t in failed] or (
+        failed = [r for r in self._replicas.values() if r.last_error and not r.stale]
+        reasons = [f"{r.address}: {r.last_error}" for r in failed] or (
             [self._resolve_error] if self._resolve_error else ["no address could be reached"]
         )
         return BackendUnavailable(
             f"backend {self.name} is unavailable ({'; '.join(reasons)})",
-            handshake_failed=bool(failed) and all(t.error_kind in _HANDSHAKE_KINDS for t in failed),
+            handshake_failed=bool(failed) and all(r.error_kind in _HANDSHAKE_KINDS for r in failed),
         )
 
-    def _count_error(self, target: _Target, kind: str) -> None:
+    def _count_error(self, replica: Replica, kind: str) -> None:
         self._errors[kind] += 1
-        target.errors[kind] += 1
+        replica.errors[kind] += 1
 
-    def _mark_up(self, target: _Target) -> None:
-        was_down = target.state == "down"
-        target.state = "up"
-        target.failures = 0
-        target.last_error = None
-        target.error_kind = None
-        target.ejected_until = 0.0
-        if was_down:
-            logger.info("backend %s: %s is up again", self.name, target.address)
+    def _mark_up(self, replica: Replica) -> None:
+        if replica.mark_up():
+            logger.info("backend %s: %s is up again", self.name, replica.address)
             self._wake_waiters()
 
-    def _mark_down(self, target: _Target, exc: BaseException, kind: str) -> None:
-        target.failures += 1
-        auth = isinstance(exc, AuthenticationError)
-        base, cap = (
-            (_AUTH_BACKOFF_BASE, _AUTH_BACKOFF_CAP) if auth else (_BACKOFF_BASE, _BACKOFF_CAP)
-        )
-        delay = min(cap, base * 2 ** (target.failures - 1))
-        delay *= random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not security
-        target.ejected_until = time.monotonic() + delay
-        target.last_error = f"{kind}: {exc}"
-        target.error_kind = kind
-        target.state = "down"
-        self._count_error(target, kind)
+    def _mark_down(self, replica: Replica, exc: BaseException, kind: str) -> None:
+        delay = replica.mark_down(str(exc), kind, auth=isinstance(exc, AuthenticationError))
+        self._errors[kind] += 1
         logger.warning(
             "backend %s: %s is down (%s); next try in %.1f s",
             self.name,
-            target.address,
-            target.last_error,
+            replica.address,
+            replica.last_error,
             delay,
         )
-        if target.prober is None and not self._closed:
-            target.prober = self._spawn(self._probe(target))
+        if replica.prober is None and not self._closed:
+            replica.prober = self.spawn(self._probe(replica))
         if not self._has_hope():
             self._fail_waiters(self._unavailable())
 
-    async def _probe(self, target: _Target) -> None:
+    async def _probe(self, replica: Replica) -> None:
         """Reconnect to an ejected address after its backoff; the connection joins the pool."""
         try:
-            while not self._closed and target.state == "down" and not target.stale:
-                await asyncio.sleep(max(0.0, target.ejected_until - time.monotonic()))
-                if target.stalled:
+            while not self._closed and replica.state is ReplicaState.DOWN and not replica.stale:
+                await asyncio.sleep(max(0.0, replica.ejected_until - time.monotonic()))
+                if replica.stalled:
                     # A silent handshake is still waiting: it is the probe.
-                    target.ejected_until = time.monotonic() + _BACKOFF_BASE
+                    replica.ejected_until = time.monotonic() + BACKOFF_BASE
                     continue
                 await self._resolve()
-                if not target.stale and not self._closed:
-                    await self._open_soon(target, reason="probe")
+                if not replica.stale and not self._closed:
+                    await self._open_soon(replica, reason="probe")
         finally:
-            target.prober = None
+            replica.prober = None
 
     # opening connections
 
@@ -764,56 +790,59 @@ class Pool:
         if self._closed:
             return
         demand = len(self._waiters) + caller
-        idle = sum(len(t.idle) for t in self._targets.values())
-        if demand <= idle:
+        replicas = self._replicas.values()
+        # A connection settling after its first reply is about to be free.
+        if demand <= sum(len(r.idle) + r.settling for r in replicas):
             return
-        opening = sum(t.opening for t in self._targets.values())
-        if opening >= demand:
+        if sum(r.opening for r in replicas) >= demand:
             return
-        candidates = [t for t in self._live_targets() if t.can_grow(self.settings.max_connections)]
+        limit = self.settings.max_connections
+        candidates = [r for r in self._live_replicas() if r.can_grow(limit)]
         if not candidates:
             return
-        target = min(candidates, key=lambda t: (t.in_use + t.established, t.failures))
-        self._open_soon(target, reason="demand")
+        replica = min(candidates, key=lambda r: (r.in_use + r.established, r.failures))
+        self._open_soon(replica, reason="demand")
 
-    def _open_soon(self, target: _Target, *, reason: str) -> asyncio.Task[None]:
+    def _open_soon(self, replica: Replica, *, reason: str) -> asyncio.Task[None]:
         """Reserve the opening slot now (so concurrent callers see it), connect in a task."""
-        target.opening += 1
-        return self._spawn(self._open(target, reason=reason))
+        replica.open_started()
+        return self.spawn(self._open(replica, reason=reason))
 
-    async def _open(self, target: _Target, *, reason: str) -> None:
-        """Open one pooled connection to ``target`` (its ``opening`` slot is
+    async def _open(self, replica: Replica, *, reason: str) -> None:
+        """Open one pooled connection to ``replica`` (its opening slot is
         already reserved); failures mark the address down."""
         try:
-            conn = await self._connect(target, pooled=True, reserved=True)
+            conn = await self._connect(replica, pooled=True, reserved=True)
         except (ConnbridgeError, OSError) as exc:
             logger.debug("backend %s: opening (%s) failed: %s", self.name, reason, exc)
             return
-        holder = _Holder(conn, target, time.monotonic())
-        if self._closed:
-            self._close_holder(holder, "shutdown")
-            return
-        self._offer(holder)
+        self._adopt(conn, replica)
         self._grow()
 
+    def _adopt(self, conn: Connection, replica: Replica) -> None:
+        """A new authenticated connection (already counted as established) joins the pool."""
+        holder = Holder(conn, replica, self, time.monotonic())
+        self.came_back(holder)
+
     async def _connect(
-        self, target: _Target, *, pooled: bool, reserved: bool = False
+        self, replica: Replica, *, pooled: bool, reserved: bool = False
     ) -> Connection:
-        """Connect and authenticate, accounting for the result on ``target``.
+        """Connect and authenticate, accounting for the result on ``replica``.
 
         ``pooled`` connections count against the address's slots; dedicated
         ones do not. A handshake that stays silent past ``handshake_timeout``
-        raises :class:`HandshakeTimeout`, but the connection is kept: when the
-        server gets to it, it joins the pool if there is room, or is closed
-        cleanly.
+        raises :class:`BackendBusy` (other connections work: the server is
+        busy) or :class:`HandshakeTimeout` (nothing else works), but the
+        connection is kept: when the server gets to it, it joins the pool.
         """
         s = self.settings
         if not reserved:
-            target.opening += 1
+            replica.open_started()
+        established = False
         try:
             try:
                 conn = await open_connection(
-                    target.address,
+                    replica.address,
                     connect_timeout=s.connect_timeout,
                     max_frame=s.max_frame,
                     pickle_protocol=s.pickle_protocol,
@@ -821,98 +850,97 @@ class Pool:
                     dumps=self._dumps,
                 )
             except ConnbridgeError as exc:
-                self._mark_down(target, exc, "connect")
+                self._mark_down(replica, exc, "connect")
                 raise
             if self._authkey is None:
-                target.established += pooled
-                self._mark_up(target)
+                established = pooled
+                self._mark_up(replica)
                 return conn
             handshake = asyncio.ensure_future(
                 conn.authenticate(self._authkey, allow_md5=s.allow_md5)
             )
             done, _ = await asyncio.wait({handshake}, timeout=s.handshake_timeout)
             if not done:
-                self._handshake_stalled(target, conn, handshake)
-                raise HandshakeTimeout(
-                    f"{target.address} sent no challenge within {s.handshake_timeout} s"
-                )
-            return self._handshake_result(target, conn, handshake, pooled=pooled)
+                raise self._handshake_stalled(replica, conn, handshake)
+            established = self._handshake_result(replica, conn, handshake) and pooled
+            return conn
         finally:
-            target.opening -= 1
+            replica.open_ended(established=established)
 
     def _handshake_result(
-        self, target: _Target, conn: Connection, handshake: asyncio.Future[None], *, pooled: bool
-    ) -> Connection:
+        self, replica: Replica, conn: Connection, handshake: asyncio.Future[None]
+    ) -> bool:
+        """True if the handshake worked; otherwise the address is marked down and it raises."""
         exc = handshake.exception()
         if exc is None:
-            target.established += pooled
-            self._mark_up(target)
-            return conn
-        self._spawn(conn.close(timeout=1.0))
+            self._mark_up(replica)
+            return True
+        self.spawn(conn.close(timeout=1.0))
         if isinstance(exc, AuthenticationError):
-            self._mark_down(target, exc, "auth")
-        elif isinstance(exc, HandshakeError | ConnectionClosed | ProtocolError):
-            self._mark_down(target, exc, "handshake")
+            self._mark_down(replica, exc, "auth")
+        elif isinstance(exc, HandshakeError | ProtocolError):
+            self._mark_down(replica, exc, "handshake")
+        elif isinstance(exc, ConnectionClosed):
+            self._mark_down(replica, exc, "closed")
         raise exc
 
     def _handshake_stalled(
-        self,
-        target: _Target,
-        conn: Connection,
-        handshake: asyncio.Future[None],
-    ) -> None:
-        target.stalled += 1
-        if target.established > 0:
+        self, replica: Replica, conn: Connection, handshake: asyncio.Future[None]
+    ) -> ConnbridgeError:
+        """Keep a silent handshake until the server gets to it; return the error to raise."""
+        working = replica.established > 0
+        known = replica.capacity
+        replica.stall_started()
+        error: ConnbridgeError
+        if working:
             # The address works but does not take another connection now: a
             # server that serves one connection (or a few) at a time.
-            if target.capacity is None or target.capacity > target.established:
-                target.capacity = target.established
+            if replica.capacity != known:
                 logger.info(
                     "backend %s: %s serves %d connection(s) at a time; not opening more",
                     self.name,
-                    target.address,
-                    target.capacity,
+                    replica.address,
+                    replica.capacity,
                 )
-        else:
-            self._mark_down(
-                target,
-                HandshakeTimeout(
-                    "no challenge within the handshake timeout: the Listener may have no "
-                    "authkey, or it serves one connection at a time and is busy"
-                ),
-                "handshake_timeout",
+            error = BackendBusy(
+                f"backend {self.name}: {replica.address} serves {replica.capacity} "
+                "connection(s) at a time and is busy"
             )
+        else:
+            error = HandshakeTimeout(
+                f"{replica.address} sent no challenge within {self.settings.handshake_timeout} s: "
+                "the Listener may have no authkey, or it serves one connection at a time "
+                "and is busy"
+            )
+            self._mark_down(replica, error, "handshake_timeout")
+        self.spawn(self._finish_late(replica, conn, handshake))
+        return error
 
-        async def finish_late() -> None:
-            limit = max(self.settings.idle_timeout, self.settings.handshake_timeout)
-            try:
-                async with asyncio.timeout(limit):
-                    await asyncio.shield(handshake)
-            except TimeoutError:
-                target.stalled -= 1
-                handshake.cancel()
-                self._closed_by["handshake_timeout"] += 1
-                await conn.close(timeout=1.0)
-                return
-            except asyncio.CancelledError:
-                target.stalled -= 1
-                handshake.cancel()
-                conn.abort()
-                raise
-            target.stalled -= 1
-            try:
-                self._handshake_result(target, conn, handshake, pooled=True)
-            except (ConnbridgeError, OSError):
-                return
-            if target.capacity is not None and target.established > target.capacity:
-                target.capacity = None  # it served more than we thought
-            holder = _Holder(conn, target, time.monotonic())
-            if self._closed or target.established > self.settings.max_connections:
-                self._close_holder(holder, "shutdown" if self._closed else "surplus")
-            else:
-                self._offer(holder)
+    async def _finish_late(
+        self, replica: Replica, conn: Connection, handshake: asyncio.Future[None]
+    ) -> None:
+        """Wait, with no time limit, for the server to reach a silent handshake.
 
-        self._spawn(finish_late())
+        Closing it would make such a server's ``accept()`` fail, so it is
+        never closed while the pool runs; only a shutdown past its grace
+        cancels this (and then nothing gentler is left).
+        """
+        try:
+            await asyncio.wait({handshake})
+        except asyncio.CancelledError:
+            replica.stall_ended(established=False)
+            handshake.cancel()
+            conn.abort()
+            self.count_close("shutdown_stalled")
+            raise
+        try:
+            established = self._handshake_result(replica, conn, handshake)
+        except (ConnbridgeError, OSError):
+            established = False
+        replica.stall_ended(established=established)
+        if established:
+            self._adopt(conn, replica)
+            self._grow()
 
     # housekeeping
 
@@ -922,21 +950,16 @@ class Pool:
         while not self._closed:
             await asyncio.sleep(min(_HOUSEKEEPING_INTERVAL, s.idle_timeout / 2))
             now = time.monotonic()
-            for target in self._targets.values():
-                keep: deque[_Holder] = deque()
-                while target.idle:
-                    holder = target.idle.popleft()
+            for replica in self._replicas.values():
+                for holder in list(replica.idle):
                     if now - holder.created > s.max_lifetime:
-                        self._close_holder(holder, "lifetime")
+                        holder.close("lifetime")
                     elif now - holder.last_used > s.idle_timeout:
-                        self._close_holder(holder, "idle")
-                    elif target.stale:
-                        self._close_holder(holder, "stale")
+                        holder.close("idle")
+                    elif replica.stale:
+                        holder.close("stale")
                     elif holder.conn.has_pending_input():
-                        self._close_holder(holder, "idle_eof")
-                    else:
-                        keep.append(holder)
-                target.idle = keep
+                        holder.close("idle_eof")
             self._forget_stale()
             if now - self._resolved_at >= s.dns_interval and not all(
                 a.family == "unix" or a.is_ip for a in self.addresses
@@ -950,19 +973,13 @@ class Pool:
         Without this, a name whose addresses churn (pods of a headless
         Service coming and going) would grow the table without bound.
         """
-        for key, target in list(self._targets.items()):
-            if (
-                target.stale
-                and target.established == 0
-                and target.opening == 0
-                and target.stalled == 0
-                and target.prober is None
-            ):
-                del self._targets[key]
+        for key, replica in list(self._replicas.items()):
+            if replica.forgettable():
+                del self._replicas[key]
 
     async def _resolve(self) -> None:
-        """Resolve host names; each IP becomes a target. Names that vanished go stale."""
-        loop = asyncio.get_running_loop()
+        """Resolve host names; each IP becomes a replica. Names that vanished go stale."""
+        loop = self._loop or asyncio.get_running_loop()
         self._resolved_at = time.monotonic()
         found: dict[str, tuple[Address, Address]] = {}
         errors: list[str] = []
@@ -977,33 +994,27 @@ class Pool:
             except OSError as exc:
                 errors.append(f"cannot resolve {configured.host}: {exc.strerror or exc}")
                 # keep what we resolved before for this name (not what it had dropped)
-                for key, target in self._targets.items():
-                    if target.source == configured and not target.stale:
-                        found[key] = (target.address, configured)
+                for key, replica in self._replicas.items():
+                    if replica.source == configured and not replica.stale:
+                        found[key] = (replica.address, configured)
                 continue
             for _family, _type, _proto, _canon, sockaddr in infos:
                 resolved = Address("tcp", host=str(sockaddr[0]), port=int(sockaddr[1]))
                 found[str(resolved)] = (resolved, configured)
         self._resolve_error = "; ".join(errors) or None
         for key, (resolved, source) in found.items():
-            existing = self._targets.get(key)
+            existing = self._replicas.get(key)
             if existing is None:
-                self._targets[key] = _Target(resolved, source)
+                self._replicas[key] = Replica(resolved, source)
             elif existing.stale:
                 existing.stale = False
-        for key, target in self._targets.items():
-            if key not in found and not target.stale:
-                target.stale = True
-                while target.idle:
-                    self._close_holder(target.idle.popleft(), "stale")
+        for key, replica in self._replicas.items():
+            if key not in found and not replica.stale:
+                replica.stale = True
+                while replica.idle:
+                    replica.idle[0].close("stale")
         if not self._has_hope():
             self._fail_waiters(self._unavailable())
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

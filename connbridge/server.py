@@ -23,8 +23,8 @@ from .connection import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     Connection,
     Dumps,
+    FrameProtocol,
     Loads,
-    _Stream,
     run_with_timeout,
 )
 from .errors import ConnbridgeError
@@ -97,16 +97,16 @@ async def start_server(
     loop = asyncio.get_running_loop()
     holder: list[Server] = []
 
-    def factory() -> _Stream:
-        return _Stream(max_frame, on_connect=_spawn)
+    def factory() -> FrameProtocol:
+        return FrameProtocol(max_frame, on_connect=_spawn)
 
-    def _spawn(stream: _Stream) -> None:
+    def _spawn(stream: FrameProtocol) -> None:
         task = loop.create_task(_serve_one(stream))
         server = holder[0]
         server._tasks.add(task)
         task.add_done_callback(server._tasks.discard)
 
-    async def _serve_one(stream: _Stream) -> None:
+    async def _serve_one(stream: FrameProtocol) -> None:
         peer = holder[0].address
         conn = Connection(
             stream,
@@ -120,7 +120,7 @@ async def start_server(
             if authkey is not None:
                 handshake = ServerHandshake(authkey, allow_md5=allow_md5, digest=digest)
                 await run_with_timeout(
-                    conn._run_handshake(handshake), handshake_timeout, peer, handshake
+                    conn.run_handshake(handshake), handshake_timeout, peer, handshake
                 )
             await handler(conn)
         except ConnbridgeError as exc:

@@ -23,7 +23,7 @@ scanner cannot create unbounded series. The pool series are read from
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final
+from typing import Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -75,18 +75,34 @@ class _PoolCollector(Collector):
             "Errors seen by the pool, by kind.",
             labels=["backend", "kind"],
         )
+        closed = CounterMetricFamily(
+            "connbridge_pool_closed",
+            "Pooled connections closed, by reason (idle, lifetime, single_use, stray_reply, ...).",
+            labels=["backend", "reason"],
+        )
+        violations = CounterMetricFamily(
+            "connbridge_pool_reply_violations",
+            'Frames a backend declared replies = "one" sent while nobody asked; '
+            "each stops reuse of that address's connections.",
+            labels=["backend"],
+        )
         for name, pool in self._pools().items():
-            stats: dict[str, Any] = pool.stats()
-            connections.add_metric([name, "idle"], float(stats.get("idle", 0)))
-            connections.add_metric([name, "in_use"], float(stats.get("in_use", 0)))
-            waiters.add_metric([name], float(stats.get("waiters", 0)))
-            calls.add_metric([name], float(stats.get("calls", 0)))
-            for kind, count in dict(stats.get("errors", {})).items():
-                errors.add_metric([name, str(kind)], float(count))
+            stats = pool.stats()
+            for state in ("idle", "in_use", "draining"):
+                connections.add_metric([name, state], float(stats[state]))
+            waiters.add_metric([name], float(stats["waiters"]))
+            calls.add_metric([name], float(stats["calls"]))
+            for kind, count in stats["errors"].items():
+                errors.add_metric([name, kind], float(count))
+            for reason, count in stats["closed"].items():
+                closed.add_metric([name, reason], float(count))
+            violations.add_metric([name], float(stats["violations"]))
         yield connections
         yield waiters
         yield calls
         yield errors
+        yield closed
+        yield violations
 
 
 class GatewayMetrics:

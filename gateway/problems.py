@@ -29,6 +29,8 @@ backend-protocol-error         502     the backend broke the framing rules
 refused-pickle                 502     a reply the allowlist unpickler refused
 unconvertible-result           502     a reply with no JSON form
 overloaded                     503     too many callers wait for a connection
+pool-exhausted                 503     no connection became free in time (never sent)
+backend-busy                   503     the server takes no more connections now
 shutting-down                  503     the gateway is closing its pools
 backend-unreachable            503     no address of the backend can be reached
 backend-authentication-failed  503     the handshake with the backend failed
@@ -76,6 +78,8 @@ from starlette.responses import Response
 
 from connbridge.codec import DEFAULT_MAX_RESULT_BYTES, to_json
 from connbridge.errors import (
+    AcquireTimeout,
+    BackendBusy,
     BackendUnavailable,
     CallTimeout,
     ConnbridgeError,
@@ -267,6 +271,8 @@ PROBLEM_TYPES: Final[Mapping[type[BaseException], ProblemType]] = {
     PickleError: _row("refused-pickle", 502, "Backend reply refused"),
     ResultError: _row("unconvertible-result", 502, "Backend reply has no JSON form"),
     PoolOverloaded: _row("overloaded", 503, "Backend overloaded", retry_after=1),
+    AcquireTimeout: _row("pool-exhausted", 503, "No backend connection free", retry_after=1),
+    BackendBusy: _row("backend-busy", 503, "Backend busy", retry_after=1),
     PoolClosed: _row("shutting-down", 503, "Gateway shutting down", retry_after=1),
     BackendUnavailable: _row("backend-unreachable", 503, "Backend unreachable"),
     ConnectError: _row("backend-unreachable", 503, "Backend unreachable"),

@@ -182,7 +182,7 @@ class GatewayState:
                     "pickle_protocol": backend.settings.pickle_protocol,
                     "payload_schema": backend.settings.payload_schema,
                     "health": pool.health() if pool is not None else {"status": "unknown"},
-                    "stats": pool.stats() if pool is not None else {},
+                    "stats": dict(pool.stats()) if pool is not None else {},
                 }
             )
         return out

@@ -11,11 +11,13 @@ Neither route needs an API key.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final
+from typing import Final
 
 import orjson
 from fastapi import APIRouter
 from starlette.responses import Response
+
+from connbridge.pool import PoolHealth
 
 from ..deps import State
 from ..openapi import problem_responses
@@ -28,7 +30,7 @@ __all__ = ["router"]
 _OK: Final = orjson.dumps({"status": "ok"})
 
 
-async def _probe(backend: Backend, timeout: float) -> tuple[bool, dict[str, Any]]:
+async def _probe(backend: Backend, timeout: float) -> tuple[bool, PoolHealth]:
     pool = backend.pool
     if pool is None:
         return False, {"status": "unknown"}

@@ -16,7 +16,13 @@ from gateway_support import (
     wait_until,
 )
 
-from connbridge.errors import AcquireTimeout, CallInterrupted, FrameTooLarge, RefusedGlobal
+from connbridge.errors import (
+    AcquireTimeout,
+    BackendBusy,
+    CallInterrupted,
+    FrameTooLarge,
+    RefusedGlobal,
+)
 from gateway.problems import (
     PROBLEM_BASE,
     PROBLEM_TYPES,
@@ -74,7 +80,8 @@ def test_table_is_consistent():
         assert row.uri == PROBLEM_BASE + row.slug
         assert 400 <= row.status <= 599
         assert seen.setdefault(row.slug, row.status) == row.status
-    assert problem_for(AcquireTimeout("x")).slug == "overloaded"
+    assert problem_for(AcquireTimeout("x")).slug == "pool-exhausted"
+    assert problem_for(BackendBusy("x")).slug == "backend-busy"
     assert problem_for(CallInterrupted("x")).slug == "backend-connection-lost"
     assert problem_for(FrameTooLarge(10, 1)).slug == "backend-protocol-error"
     assert problem_for(RefusedGlobal("os", "system")).slug == "refused-pickle"
@@ -317,7 +324,7 @@ async def test_exception_arguments_past_max_result_bytes_are_left_out(settings):
     assert len(response.content) < 10_000
 
 
-async def test_503_overloaded_with_retry_after(demo, tmp_path):
+async def test_503_pool_exhausted_with_retry_after_and_counts(demo, tmp_path):
     settings = {
         "backends": {"demo": backend_config(demo, tmp_path, max_connections=1, acquire_timeout=0.2)}
     }
@@ -331,8 +338,10 @@ async def test_503_overloaded_with_retry_after(demo, tmp_path):
 
         await wait_until(busy, what="the slow call holds the only connection")
         response = await gw.client.post("/compute", json={"payload": [1, 2]})
-        assert_problem(response, 503, "overloaded")
+        body = assert_problem(response, 503, "pool-exhausted")
         assert response.headers["retry-after"] == "1"
+        assert "1 in use, 0 draining" in body["detail"]
+        assert "not sent" in body["detail"]
         assert (await slow).status_code == 200
 
 
