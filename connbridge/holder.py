@@ -57,11 +57,16 @@ class Owner(Protocol):
     @property
     def single_use(self) -> bool: ...
 
+    @property
+    def quiet_check_interval(self) -> float: ...
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
 
     def count_close(self, reason: str) -> None: ...
 
     def count_violation(self, replica: Replica) -> None: ...
+
+    def reuse_ended(self, replica: Replica) -> None: ...
 
     def came_back(self, holder: Holder) -> None: ...
 
@@ -71,7 +76,16 @@ class Owner(Protocol):
 class Holder:
     """One pooled connection and what the pool knows about it."""
 
-    __slots__ = ("_budgeted", "_owner", "conn", "created", "last_used", "replica", "state")
+    __slots__ = (
+        "_budgeted",
+        "_owner",
+        "conn",
+        "created",
+        "last_used",
+        "quiet_at",
+        "replica",
+        "state",
+    )
 
     def __init__(self, conn: Connection, replica: Replica, owner: Owner, now: float) -> None:
         self.conn = conn
@@ -79,6 +93,8 @@ class Holder:
         self._owner = owner
         self.created = now
         self.last_used = now
+        #: When it last sat through a quiet check (never: its first reply settles).
+        self.quiet_at = -1e9 if replica.reuse is Reuse.UNPROVEN else now
         self.state = HolderState.IN_USE  # a new connection is handed out or offered
         self._budgeted = False
         replica.checked_out()
@@ -126,7 +142,10 @@ class Holder:
             return
         if single_use or replica.reuse is Reuse.NEVER:
             self.close("single_use")
-        elif replica.reuse is Reuse.UNPROVEN:
+        elif (
+            replica.reuse is Reuse.UNPROVEN
+            or time.monotonic() - self.quiet_at >= self._owner.quiet_check_interval
+        ):
             self._settle()
         else:
             self._owner.came_back(self)
@@ -136,7 +155,11 @@ class Holder:
 
         This is how the pool learns, on an address's first replies, whether
         its server closes after each reply or sends more than one, before any
-        second request could meet that input.
+        second request could meet that input. Later, each connection settles
+        again once per ``quiet_check_interval``: under steady load a
+        connection is never idle, so without these checks a backend that
+        answers some message twice would shift every later reply on it
+        unseen.
         """
         self.state = HolderState.SETTLING
         self.replica.settle_started()
@@ -148,6 +171,7 @@ class Holder:
             return
         self.replica.settle_ended()
         self.conn.watch(None)
+        self.quiet_at = time.monotonic()
         if self.replica.reuse is Reuse.UNPROVEN:
             self.replica.reuse = Reuse.PROVEN
         self.state = HolderState.IN_USE
@@ -185,6 +209,7 @@ class Holder:
                 replica.address,
             )
         self.close("one_shot")
+        self._owner.reuse_ended(replica)
 
     def _violation(self) -> None:
         """A frame nobody asked for: the server answers some messages more than once."""
@@ -200,6 +225,7 @@ class Holder:
             )
         self._owner.count_violation(replica)
         self.close("stray_reply")
+        self._owner.reuse_ended(replica)
 
     # abandoned exchanges
 

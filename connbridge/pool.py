@@ -144,8 +144,10 @@ class PoolSettings:
     max_draining: int = 4
     #: ``"one"`` reply per message, or ``"many"`` (see module doc).
     replies: Literal["one", "many"] = "one"
-    #: Quiet time after an address's first reply before its connections are reused.
+    #: Quiet time after a reply that shows whether more replies follow (see module doc).
     settle_time: float = 0.05
+    #: How often each connection sits through that quiet time again under load.
+    quiet_check_interval: float = 2.0
     #: Default grace period of :meth:`Pool.close` for calls in flight.
     close_grace: float = 10.0
     #: How often host names are resolved again.
@@ -188,6 +190,7 @@ class PoolStats(TypedDict):
     opening: int
     stalled_handshakes: int
     waiters: int
+    opened: int
     calls: int
     errors: dict[str, int]
     violations: int
@@ -251,6 +254,7 @@ class Pool:
         self._errors: Counter[str] = Counter()
         self._closed_by: Counter[str] = Counter()
         self._violations = 0
+        self._opened = 0
         self._waits = 0
         self._wait_total = 0.0
         self._wait_max = 0.0
@@ -276,6 +280,19 @@ class Pool:
     @property
     def single_use(self) -> bool:
         return self.settings.replies == "many"
+
+    @property
+    def quiet_check_interval(self) -> float:
+        return self.settings.quiet_check_interval
+
+    def reuse_ended(self, replica: Replica) -> None:
+        """An address's connections are no longer reused: close its idle ones now.
+
+        They may hold replies shifted by the same backend; those in use are
+        closed when their exchange ends.
+        """
+        while replica.idle:
+            replica.idle[0].close("no_reuse")
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the pool tracks (and ends on :meth:`close`)."""
@@ -559,6 +576,7 @@ class Pool:
             "opening": sum(r.opening for r in replicas),
             "stalled_handshakes": sum(r.stalled for r in replicas),
             "waiters": len(self._waiters),
+            "opened": self._opened,
             "calls": self._calls,
             "errors": dict(self._errors),
             "violations": self._violations,
@@ -637,8 +655,12 @@ class Pool:
         """A waiter gave up; if a connection was handed to it meanwhile, pass it on."""
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
             holder = waiter.result()
-            if holder is not None and holder.state is HolderState.IDLE:
-                self._pass_on(holder)  # still parked: the next waiter may have it
+            if (
+                holder is not None
+                and holder.state is HolderState.IDLE
+                and holder not in holder.replica.idle
+            ):
+                self._offer(holder)  # handed to us but not taken: pass it on
         else:
             waiter.cancel()
         with contextlib.suppress(ValueError):
@@ -674,26 +696,28 @@ class Pool:
         if now - holder.last_used > self.settings.idle_timeout:
             holder.close("idle")
             return False
-        holder.replica.idle.remove(holder)
+        idle = holder.replica.idle
+        if idle and idle[-1] is holder:
+            idle.pop()
+        else:
+            with contextlib.suppress(ValueError):  # handed over, not parked
+                idle.remove(holder)
         holder.check_out()
         return True
 
     def _offer(self, holder: Holder) -> None:
-        """Park a connection and wake the first waiter for it.
+        """Hand an idle (parked) connection to the first waiter, or to the idle list.
 
-        It stays in the idle list until the waiter takes it, so that closing,
-        housekeeping and the stray-input watch see it meanwhile; another
-        caller may take it first, and the waiter then looks again.
+        Handed over directly, first come first served, so that a caller that
+        loops cannot take its own connection back ahead of those waiting. The
+        stray-input watch stays armed until the waiter takes it.
         """
-        holder.replica.idle.append(holder)
-        self._pass_on(holder)
-
-    def _pass_on(self, holder: Holder) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(holder)
                 return
+        holder.replica.idle.append(holder)
 
     def _close_idle(self, reason: str) -> None:
         for replica in self._replicas.values():
@@ -821,6 +845,7 @@ class Pool:
 
     def _adopt(self, conn: Connection, replica: Replica) -> None:
         """A new authenticated connection (already counted as established) joins the pool."""
+        self._opened += 1
         holder = Holder(conn, replica, self, time.monotonic())
         self.came_back(holder)
 

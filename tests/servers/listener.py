@@ -2,7 +2,7 @@
 
 Usage::
 
-    python listener.py ADDRESS [--mode threaded|sequential|classic]
+    python listener.py ADDRESS [--mode threaded|sequential|classic|oneshot]
                                [--authkey-env VAR] [--ready-file PATH] [--watch-stdin]
 
 Unlike the demo backend this is the plain standard library: the handshake runs
@@ -21,6 +21,10 @@ Modes:
     the loop of the ``multiprocessing`` docs: one connection at a time,
     ``x, y = conn.recv(); conn.send(x + y)``, and any error other than EOF
     ends the server (see also ``classic.py``).
+``oneshot``
+    like ``threaded``, but each connection is closed by the server right after
+    the replies to its first request, as a manager does for its server-level
+    requests.
 
 Requests (threaded and sequential modes) are a pair ``(x, y)`` -> ``x + y``, or
 a dict: ``{"op": "echo", "value": v}``, ``{"op": "sleep", "seconds": s,
@@ -85,8 +89,8 @@ def answers(request):
     raise ValueError("unknown op %r" % (op,))
 
 
-def serve_connection(conn):
-    """Answer requests on *conn* until the client closes it."""
+def serve_connection(conn, oneshot=False):
+    """Answer requests on *conn* until the client closes it (or after one, *oneshot*)."""
     try:
         while True:
             try:
@@ -109,6 +113,8 @@ def serve_connection(conn):
                     return
                 except Exception as exc:  # the reply did not pickle
                     conn.send(TypeError("cannot pickle the reply: %s" % (exc,)))
+            if oneshot:
+                return
     finally:
         conn.close()
 
@@ -125,7 +131,7 @@ def serve_classic(listener):
         conn.close()
 
 
-def serve(listener, threaded):
+def serve(listener, threaded, oneshot=False):
     while True:
         try:
             conn = listener.accept()
@@ -134,7 +140,7 @@ def serve(listener, threaded):
             print("accept failed: %s: %s" % (type(exc).__name__, exc), file=sys.stderr)
             continue
         if threaded:
-            thread = threading.Thread(target=serve_connection, args=(conn,))
+            thread = threading.Thread(target=serve_connection, args=(conn, oneshot))
             thread.daemon = True
             thread.start()
         else:
@@ -148,7 +154,9 @@ def _raise_system_exit(signum, frame):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _support.add_common_arguments(parser)
-    parser.add_argument("--mode", choices=("threaded", "sequential", "classic"), default="threaded")
+    parser.add_argument(
+        "--mode", choices=("threaded", "sequential", "classic", "oneshot"), default="threaded"
+    )
     args = parser.parse_args()
     address, family = _support.parse_address(args.address)
     authkey = _support.read_authkey(args.authkey_env)
@@ -164,7 +172,7 @@ def main():
         if args.mode == "classic":
             serve_classic(listener)
         else:
-            serve(listener, threaded=args.mode == "threaded")
+            serve(listener, threaded=args.mode != "sequential", oneshot=args.mode == "oneshot")
     finally:
         try:
             listener.close()
