@@ -28,10 +28,10 @@ from connbridge.errors import ConnbridgeError
 
 from ..body import read_json
 from ..calls import parse_call, run_call
-from ..deps import authenticate, gateway_state, set_backend
-from ..log import request_context
+from ..context import request_context, set_backend, set_route
+from ..deps import authenticate, gateway_state
 from ..openapi import compute_request_ref, problem_responses, request_body
-from ..problems import INTERNAL_ERROR, InvalidRequest, describe, pointer, problem_body
+from ..problems import InvalidRequest, pointer, problem_object
 from ..schemas import BatchResponse, ComputeResponse
 from ..state import GatewayState
 
@@ -53,12 +53,6 @@ _BATCH_ERRORS: Final = (400, 413, 415, 422)
 _BACKEND_ROUTE: Final = "/backends/{name}/compute"
 
 
-def _label(request: Request, route: str) -> None:
-    context = request_context(request.scope)
-    if context is not None:
-        context.route = route
-
-
 async def _compute(request: Request, name: str | None) -> Response:
     state = gateway_state(request.app)
     caller = authenticate(request, state)  # before the body is read
@@ -72,14 +66,14 @@ async def _compute(request: Request, name: str | None) -> Response:
             )
         call.backend = name
     backend = state.backend_for(caller, call.backend)
-    set_backend(request, backend.name)
+    set_backend(request.scope, backend.name)
     answer = await run_call(state, backend, call)
     return Response(orjson.dumps(answer), media_type=_JSON)
 
 
 def _backend_endpoint(name: str) -> Callable[..., Coroutine[Any, Any, Response]]:
     async def compute_on_backend(request: Request) -> Response:
-        _label(request, _BACKEND_ROUTE)
+        set_route(request.scope, _BACKEND_ROUTE)
         return await _compute(request, name)
 
     return compute_on_backend
@@ -172,14 +166,12 @@ def router(state: GatewayState) -> APIRouter:
             except Exception as exc:
                 if not isinstance(exc, ConnbridgeError):
                     logger.error("batch entry %d failed", index, exc_info=exc)
-                row, detail, extras, _ = describe(exc)
-                if row is INTERNAL_ERROR:
-                    extras = {}
-                extras = {**extras, "pointer": pointer(at)}
-                if backend_name is not None:
-                    extras["backend"] = backend_name
-                error = problem_body(
-                    row, detail, instance=path, request_id=request_id, extras=extras
+                _, error, _ = problem_object(
+                    exc,
+                    instance=path,
+                    request_id=request_id,
+                    backend=backend_name,
+                    entry=pointer(at),
                 )
                 return {"error": error}
 

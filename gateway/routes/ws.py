@@ -56,8 +56,8 @@ Refusals and close codes
     ====  ========================================================================
 
 Keepalive pings, and the message size limit at the protocol level, belong to
-the server: :func:`uvicorn_options` gives uvicorn's options for the
-``[websocket]`` settings.
+the server: :func:`gateway.cli.uvicorn_options` gives uvicorn's options for
+the ``[websocket]`` settings.
 
 Credentials: the API key comes from the ``Authorization`` header or, for
 browsers, from an ``access_token`` query parameter. The access-log
@@ -90,9 +90,9 @@ from connbridge.errors import ConnbridgeError, ConnectionClosed
 from ..auth import Principal
 from ..body import parse_json
 from ..calls import decode_payload, parse_call, run_call
-from ..log import ACCESS_LOGGER, request_context
-from ..problems import INTERNAL_ERROR, GatewayError, InvalidRequest, describe, problem_body
-from ..settings import WebSocketSettings
+from ..context import request_context
+from ..log import log_access
+from ..problems import INTERNAL_ERROR, GatewayError, InvalidRequest, describe, problem_object
 from ..state import Backend, GatewayState
 
 __all__ = [
@@ -100,12 +100,10 @@ __all__ = [
     "SESSION_ROUTE",
     "WebSocketHub",
     "install",
-    "uvicorn_options",
     "websocket_hub",
 ]
 
 logger = logging.getLogger("connbridge.gateway")
-access_logger = logging.getLogger(ACCESS_LOGGER)
 
 #: The route templates (also the ``endpoint`` label of ``connbridge_websocket_connections``).
 CALLS_ROUTE: Final = "/ws"
@@ -115,21 +113,6 @@ SESSION_ROUTE: Final = "/ws/session/{backend}"
 _MAX_REASON: Final = 123
 _FORMATS: Final = ("json", "tagged")
 _MISSING: Final = object()
-
-
-def uvicorn_options(settings: WebSocketSettings) -> dict[str, Any]:
-    """Keyword arguments of ``uvicorn.Config`` that apply the ``[websocket]`` settings.
-
-    uvicorn's websockets protocol refuses an oversized message from its frame
-    header with 1009, before reading it, and sends the keepalive pings.
-    """
-    return {
-        "ws": "websockets-sansio",
-        "ws_max_size": settings.max_message_bytes,
-        "ws_ping_interval": settings.ping_interval,
-        "ws_ping_timeout": settings.ping_timeout,
-        "ws_per_message_deflate": settings.per_message_deflate,
-    }
 
 
 def _reason(slug: str, detail: str) -> str:
@@ -441,17 +424,16 @@ class _Calls:
 
     def _error(self, ident: Any, exc: Exception, backend: Backend | None) -> tuple[str, int]:
         """The error reply for ``exc`` (the problem object of the REST API), and its status."""
-        row, detail, extras, _ = describe(exc)
+        row, problem, _ = problem_object(
+            exc,
+            instance=CALLS_ROUTE,
+            request_id=self.link.request_id,
+            backend=backend.name if backend is not None else None,
+        )
         if row is INTERNAL_ERROR:
             logger.error(
                 "websocket call failed (request id %s)", self.link.request_id, exc_info=exc
             )
-            extras = {}
-        if backend is not None:
-            extras = {**extras, "backend": backend.name}
-        problem = problem_body(
-            row, detail, instance=CALLS_ROUTE, request_id=self.link.request_id, extras=extras
-        )
         return _dumps({"id": ident, "error": problem}), row.status
 
 
@@ -597,26 +579,14 @@ class WebSocketHub:
     def _closed(self, endpoint: str, started: float, link: _Link, ending: _Close | None) -> None:
         self.sockets[endpoint] -= 1
         self._gauge.labels(endpoint).dec()
-        if access_logger.isEnabledFor(logging.INFO):
-            code = ending.code if ending is not None else link.client_code
-            elapsed = time.perf_counter() - started
-            access_logger.info(
-                '%s "WEBSOCKET %s" %d %.2fms',
-                link.request_id,
-                link.websocket.scope["path"],
-                code,
-                elapsed * 1000,
-                extra={
-                    "access": {
-                        "request_id": link.request_id,
-                        "method": "WEBSOCKET",
-                        "path": link.websocket.scope["path"],
-                        "route": endpoint,
-                        "close_code": code,
-                        "duration_ms": round(elapsed * 1000, 3),
-                    }
-                },
-            )
+        log_access(
+            link.request_id,
+            "WEBSOCKET",
+            link.websocket.scope["path"],
+            endpoint,
+            time.perf_counter() - started,
+            close_code=ending.code if ending is not None else link.client_code,
+        )
 
     # the endpoints
 

@@ -26,7 +26,8 @@ from ws_support import (
     until_closed,
 )
 
-from gateway.routes.ws import CALLS_ROUTE, SESSION_ROUTE, uvicorn_options
+from gateway.cli import uvicorn_options
+from gateway.routes.ws import CALLS_ROUTE, SESSION_ROUTE
 from gateway.settings import ConfigError, Settings, WebSocketSettings, load_settings
 
 pytestmark = pytest.mark.timeout(60)
