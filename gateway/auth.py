@@ -54,10 +54,15 @@ class Principal:
         """Whether this caller's scope includes ``backend``."""
         return self.backends is None or backend in self.backends
 
-    def require(self, backend: str) -> None:
-        """Raise :class:`~gateway.problems.Forbidden` unless the scope includes ``backend``."""
+    def require(self, backend: str, *, pointer: str | None = None) -> None:
+        """Raise :class:`~gateway.problems.Forbidden` unless the scope includes ``backend``.
+
+        ``pointer`` is where the request names the backend, if in its body.
+        """
         if not self.may_use(backend):
-            raise Forbidden(f"API key {self.name!r} may not use backend {backend!r}")
+            raise Forbidden(
+                f"API key {self.name!r} may not use backend {backend!r}", pointer=pointer
+            )
 
 
 #: The caller when no keys are configured: everything is allowed.

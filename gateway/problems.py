@@ -138,8 +138,9 @@ class GatewayError(ConnbridgeError):
 
     ``extras`` become extension members of the problem body; ``headers``
     are added to the response. ``pointer`` is the JSON Pointer of the one
-    value of the request the error is about, when there is one (a batch
-    entry's error points there rather than at the whole entry).
+    value of the request the error is about, when there is one: it is listed
+    in ``errors`` (unless ``extras`` has them), and a batch entry's error
+    points there rather than at the whole entry.
     """
 
     def __init__(
@@ -155,6 +156,8 @@ class GatewayError(ConnbridgeError):
         self.extras = dict(extras or {})
         self.headers = dict(headers or {})
         self.pointer = pointer
+        if pointer is not None:
+            self.extras.setdefault("errors", [{"detail": detail, "pointer": pointer}])
 
 
 class MalformedJSON(GatewayError):

@@ -65,7 +65,8 @@ async def _compute(request: Request, name: str | None) -> Response:
                 [{"detail": "must match the backend in the path", "pointer": "#/backend"}],
             )
         call.backend = name
-    backend = state.backend_for(caller, call.backend)
+    # A name from the path has no place in the body for an error to point at.
+    backend = state.backend_for(caller, call.backend, at=None if name is not None else ())
     set_backend(request.scope, backend.name)
     answer = await run_call(state, backend, call)
     return Response(orjson.dumps(answer), media_type=_JSON)
@@ -159,7 +160,7 @@ def router(state: GatewayState) -> APIRouter:
             backend_name = None
             try:
                 call = parse_call(item, at=at)
-                backend = state.backend_for(caller, call.backend)
+                backend = state.backend_for(caller, call.backend, at=at)
                 backend_name = backend.name
                 async with limit:
                     return await run_call(state, backend, call, at=at)

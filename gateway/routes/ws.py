@@ -613,7 +613,7 @@ class WebSocketHub:
         name: str = websocket.path_params["backend"]
         try:
             principal = self._authenticate(websocket)
-            backend = self.state.backend_for(principal, name)
+            backend = self.state.backend_for(principal, name, at=None)
         except GatewayError as exc:
             await self._refuse(websocket, 1008, _problem_reason(exc))
             return

@@ -370,6 +370,41 @@ async def test_auth_refusals_close_with_1008(demo, tmp_path, caplog, monkeypatch
         assert secret not in text  # ...but never a key
 
 
+async def test_call_backend_errors_point_at_its_backend_field(demo, tmp_path):
+    # Changed behaviour (issue 11): a forbidden or unknown backend had no
+    # pointer; a /ws call's pointers are into the message, as for its other fields.
+    settings = {
+        "backends": {"a": backend_config(demo, tmp_path), "b": backend_config(demo, tmp_path)},
+        "auth": {
+            "keys": [
+                {"name": "all", "sha256": sha256_hex(KEY)},
+                {"name": "scoped", "sha256": sha256_hex(SCOPED), "backends": ["a"]},
+            ]
+        },
+    }
+
+    async def ask(ws, message):
+        await ws.send(orjson.dumps(message).decode())
+        return await recv_json(ws)
+
+    async with serve_gateway(settings) as gw:
+        async with open_ws(gw, headers={"Authorization": f"Bearer {SCOPED}"}) as ws:
+            assert await ask(ws, {"id": 1, "backend": "a", "payload": [1, 2]}) == {
+                "id": 1,
+                "result": 3,
+            }
+            missing = (await ask(ws, {"id": 2, "payload": [1, 2]}))["error"]
+            assert missing["type"] == problem_type("invalid-request")
+            assert [e["pointer"] for e in missing["errors"]] == ["#/backend"]
+            forbidden = (await ask(ws, {"id": 3, "backend": "b", "payload": [1, 2]}))["error"]
+            assert forbidden["type"] == problem_type("forbidden")
+            assert forbidden["errors"] == [{"detail": forbidden["detail"], "pointer": "#/backend"}]
+        async with open_ws(gw, headers={"Authorization": f"Bearer {KEY}"}) as ws:
+            unknown = (await ask(ws, {"id": 4, "backend": "nope", "payload": [1, 2]}))["error"]
+            assert unknown["type"] == problem_type("unknown-backend")
+            assert unknown["errors"] == [{"detail": unknown["detail"], "pointer": "#/backend"}]
+
+
 async def test_plain_http_is_refused(demo, tmp_path):
     async with serve_gateway(config(demo, tmp_path)) as gw:
         response = await gw.client.get("/ws")
