@@ -23,6 +23,7 @@ MODULES = [
     "gateway.log",
     "gateway.metrics",
     "gateway.openapi",
+    "gateway.openapi_file",
     "gateway.problems",
     "gateway.schemas",
     "gateway.settings",
@@ -31,6 +32,10 @@ MODULES = [
     "gateway.routes.compute",
     "gateway.routes.health",
     "gateway.routes.metrics",
+    "gateway.routes.ws",
+    "gateway.websocket.calls",
+    "gateway.websocket.link",
+    "gateway.websocket.session",
 ]
 
 
