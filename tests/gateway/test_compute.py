@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from gateway_support import backend_config, problem_type, serve_gateway, sha256_hex
+from gateway_support import backend_config, problem_type, serve_gateway, two_backends_no_default
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -95,23 +95,14 @@ ALL_KEY = "compute-all-key-0001"
 A_ONLY_KEY = "compute-a-only-key-0002"
 
 
-def two_backends_no_default(demo, tmp_path):
-    """Backends ``a`` and ``b``, no default; a key for both and a key for ``a`` only."""
-    return {
-        "backends": {"a": backend_config(demo, tmp_path), "b": backend_config(demo, tmp_path)},
-        "auth": {
-            "keys": [
-                {"name": "all", "sha256": sha256_hex(ALL_KEY)},
-                {"name": "a-only", "sha256": sha256_hex(A_ONLY_KEY), "backends": ["a"]},
-            ]
-        },
-    }
+def two_backends(demo, tmp_path):
+    return two_backends_no_default(demo, tmp_path, key=ALL_KEY, a_only_key=A_ONLY_KEY)
 
 
 async def test_batch_backend_errors_point_at_the_entrys_backend_field(demo, tmp_path):
     # Changed behaviour (issue 11): these pointed at "#/backend" (no backend, no
     # default) or at the whole entry "#/requests/N" (forbidden, unknown).
-    async with serve_gateway(two_backends_no_default(demo, tmp_path)) as gw:
+    async with serve_gateway(two_backends(demo, tmp_path)) as gw:
         requests = [
             {"payload": [1, 2], "backend": "a"},
             {"payload": [1, 2]},
@@ -156,7 +147,7 @@ async def test_a_backend_named_in_the_body_is_pointed_at_only_there(demo, tmp_pa
     # POST /compute names its backend at "#/backend"; a name in the path has
     # no place in the body, so its refusal points nowhere.
     headers = {"Authorization": f"Bearer {A_ONLY_KEY}"}
-    async with serve_gateway(two_backends_no_default(demo, tmp_path)) as gw:
+    async with serve_gateway(two_backends(demo, tmp_path)) as gw:
         forbidden = await gw.client.post(
             "/compute", json={"payload": 1, "backend": "b"}, headers=headers
         )

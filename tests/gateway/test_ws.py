@@ -11,7 +11,14 @@ import jsonschema
 import orjson
 import pytest
 import yaml
-from gateway_support import backend_config, problem_type, serve_gateway, sha256_hex, wait_until
+from gateway_support import (
+    backend_config,
+    problem_type,
+    serve_gateway,
+    sha256_hex,
+    two_backends_no_default,
+    wait_until,
+)
 from websockets.exceptions import InvalidStatus
 from ws_support import (
     WAIT,
@@ -373,15 +380,7 @@ async def test_auth_refusals_close_with_1008(demo, tmp_path, caplog, monkeypatch
 async def test_call_backend_errors_point_at_its_backend_field(demo, tmp_path):
     # Changed behaviour (issue 11): a forbidden or unknown backend had no
     # pointer; a /ws call's pointers are into the message, as for its other fields.
-    settings = {
-        "backends": {"a": backend_config(demo, tmp_path), "b": backend_config(demo, tmp_path)},
-        "auth": {
-            "keys": [
-                {"name": "all", "sha256": sha256_hex(KEY)},
-                {"name": "scoped", "sha256": sha256_hex(SCOPED), "backends": ["a"]},
-            ]
-        },
-    }
+    settings = two_backends_no_default(demo, tmp_path, key=KEY, a_only_key=SCOPED)
 
     async def ask(ws, message):
         await ws.send(orjson.dumps(message).decode())
