@@ -33,7 +33,7 @@ from ..deps import authenticate, gateway_state
 from ..openapi import compute_request_ref, problem_responses, request_body
 from ..problems import InvalidRequest, pointer, problem_object
 from ..schemas import BatchResponse, ComputeResponse
-from ..state import GatewayState
+from ..state import Backend, GatewayState
 
 __all__ = ["router"]
 
@@ -80,6 +80,69 @@ def _backend_endpoint(name: str) -> Callable[..., Coroutine[Any, Any, Response]]
     return compute_on_backend
 
 
+def _add_backend_route(
+    api: APIRouter, name: str, backend: Backend, example: dict[str, Any]
+) -> None:
+    """``POST /backends/<name>/compute``, documented with the backend's ``payload_schema``."""
+    schema = backend.settings.payload_schema
+    has_schema = schema is not None
+    examples = schema.get("examples") if schema is not None else None
+    backend_example = {"payload": examples[0]} if isinstance(examples, list) and examples else None
+    api.add_api_route(
+        f"/backends/{name}/compute",
+        _backend_endpoint(name),
+        methods=["POST"],
+        operation_id=f"compute_on_{name}",
+        summary=f"Call backend {name}",
+        description=(
+            f"Like `POST /compute` with `backend` = `{name}`."
+            + (" The payload must match this backend's schema." if has_schema else "")
+        ),
+        response_model=ComputeResponse,
+        responses=problem_responses(_CALL_ERRORS, _CALL_DESCRIPTIONS),
+        openapi_extra=request_body(
+            compute_request_ref(name if has_schema else None),
+            backend_example if has_schema else example,
+        ),
+    )
+
+
+async def _compute_batch(request: Request) -> Response:
+    state = gateway_state(request.app)
+    caller = authenticate(request, state)
+    settings = state.settings.gateway
+    body = await read_json(request, settings.max_body_bytes)
+    requests = _batch_requests(body, settings.batch_max_requests)
+    context = request_context(request.scope)
+    request_id = context.request_id if context is not None else None
+    path = request.scope["path"]
+    limit = asyncio.Semaphore(settings.batch_concurrency)
+
+    async def one(index: int, item: object) -> dict[str, Any]:
+        at = ("requests", index)
+        backend_name = None
+        try:
+            call = parse_call(item, at=at)
+            backend = state.backend_for(caller, call.backend, at=at)
+            backend_name = backend.name
+            async with limit:
+                return await run_call(state, backend, call, at=at)
+        except Exception as exc:
+            if not isinstance(exc, ConnbridgeError):
+                logger.error("batch entry %d failed", index, exc_info=exc)
+            _, error, _ = problem_object(
+                exc,
+                instance=path,
+                request_id=request_id,
+                backend=backend_name,
+                entry=pointer(at),
+            )
+            return {"error": error}
+
+    results = await asyncio.gather(*(one(i, item) for i, item in enumerate(requests)))
+    return Response(orjson.dumps({"results": results}), media_type=_JSON)
+
+
 def router(state: GatewayState) -> APIRouter:
     """The compute routes for the backends of ``state``."""
     api = APIRouter(tags=["compute"])
@@ -101,29 +164,7 @@ def router(state: GatewayState) -> APIRouter:
         return await _compute(request, None)
 
     for name, backend in state.backends.items():
-        schema = backend.settings.payload_schema
-        has_schema = schema is not None
-        examples = schema.get("examples") if schema is not None else None
-        backend_example = (
-            {"payload": examples[0]} if isinstance(examples, list) and examples else None
-        )
-        api.add_api_route(
-            f"/backends/{name}/compute",
-            _backend_endpoint(name),
-            methods=["POST"],
-            operation_id=f"compute_on_{name}",
-            summary=f"Call backend {name}",
-            description=(
-                f"Like `POST /compute` with `backend` = `{name}`."
-                + (" The payload must match this backend's schema." if has_schema else "")
-            ),
-            response_model=ComputeResponse,
-            responses=problem_responses(_CALL_ERRORS, _CALL_DESCRIPTIONS),
-            openapi_extra=request_body(
-                compute_request_ref(name if has_schema else None),
-                backend_example if has_schema else example,
-            ),
-        )
+        _add_backend_route(api, name, backend, example)
 
     @api.post(_BACKEND_ROUTE, include_in_schema=False)
     async def compute_on_unknown(request: Request, name: str) -> Response:
@@ -145,39 +186,7 @@ def router(state: GatewayState) -> APIRouter:
         ),
     )
     async def compute_batch(request: Request) -> Response:
-        state = gateway_state(request.app)
-        caller = authenticate(request, state)
-        settings = state.settings.gateway
-        body = await read_json(request, settings.max_body_bytes)
-        requests = _batch_requests(body, settings.batch_max_requests)
-        context = request_context(request.scope)
-        request_id = context.request_id if context is not None else None
-        path = request.scope["path"]
-        limit = asyncio.Semaphore(settings.batch_concurrency)
-
-        async def one(index: int, item: object) -> dict[str, Any]:
-            at = ("requests", index)
-            backend_name = None
-            try:
-                call = parse_call(item, at=at)
-                backend = state.backend_for(caller, call.backend, at=at)
-                backend_name = backend.name
-                async with limit:
-                    return await run_call(state, backend, call, at=at)
-            except Exception as exc:
-                if not isinstance(exc, ConnbridgeError):
-                    logger.error("batch entry %d failed", index, exc_info=exc)
-                _, error, _ = problem_object(
-                    exc,
-                    instance=path,
-                    request_id=request_id,
-                    backend=backend_name,
-                    entry=pointer(at),
-                )
-                return {"error": error}
-
-        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(requests)))
-        return Response(orjson.dumps({"results": results}), media_type=_JSON)
+        return await _compute_batch(request)
 
     return api
 
