@@ -37,11 +37,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 # openapi/openapi.json: the document of the app built from the example settings
-# in gateway/docs.py; tests/gateway/test_openapi.py fails when it is stale.
+# in gateway/openapi_file.py; tests/gateway/test_openapi.py fails when it is stale.
 # test-browser drives /docs in headless Chromium (apt-get install -y chromium chromium-driver).
 .PHONY: openapi test-browser
 openapi: $(STAMP)
-	$(BIN)/python -m gateway.docs openapi/openapi.json
+	$(BIN)/connbridge-gateway openapi openapi/openapi.json
 
 test-browser: $(STAMP)
 	CONNBRIDGE_BROWSER=1 $(BIN)/python -X dev -m pytest -p no:cacheprovider -m browser tests/browser

@@ -17,21 +17,24 @@ it names backends and their traffic, and Prometheus can send a bearer token.
 
 The WebSocket routes use :meth:`KeyRing.authenticate` as well, with the key
 from the ``Authorization`` header or, for browsers that cannot set headers
-on a WebSocket, from an ``access_token`` query parameter.
+on a WebSocket, from an ``access_token`` query parameter. The access-log
+middleware takes that parameter out of the scope before routing
+(:func:`take_access_token`), so no log line and no route ever sees it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+from urllib.parse import unquote_plus
 
 from .problems import Forbidden, Unauthorized
 from .settings import ApiKeySettings
 
-__all__ = ["ANONYMOUS", "WWW_AUTHENTICATE", "KeyRing", "Principal"]
+__all__ = ["ANONYMOUS", "WWW_AUTHENTICATE", "KeyRing", "Principal", "take_access_token"]
 
 #: ``WWW-Authenticate`` value of every 401 (RFC 6750).
 WWW_AUTHENTICATE: Final = 'Bearer realm="connbridge"'
@@ -51,10 +54,15 @@ class Principal:
         """Whether this caller's scope includes ``backend``."""
         return self.backends is None or backend in self.backends
 
-    def require(self, backend: str) -> None:
-        """Raise :class:`~gateway.problems.Forbidden` unless the scope includes ``backend``."""
+    def require(self, backend: str, *, pointer: str | None = None) -> None:
+        """Raise :class:`~gateway.problems.Forbidden` unless the scope includes ``backend``.
+
+        ``pointer`` is where the request names the backend, if in its body.
+        """
         if not self.may_use(backend):
-            raise Forbidden(f"API key {self.name!r} may not use backend {backend!r}")
+            raise Forbidden(
+                f"API key {self.name!r} may not use backend {backend!r}", pointer=pointer
+            )
 
 
 #: The caller when no keys are configured: everything is allowed.
@@ -131,3 +139,26 @@ class KeyRing:
             if hmac.compare_digest(entry.digest, digest) and found is None:
                 found = entry.principal
         return found
+
+
+def take_access_token(scope: MutableMapping[str, Any]) -> str | None:
+    """Remove ``access_token`` from the query string of ``scope``; return its (first) value.
+
+    Called before routing, for every WebSocket, so that no log line (uvicorn
+    logs the path with its query string when it accepts or refuses a socket,
+    including one to an unknown path) and no route ever sees the key.
+    """
+    query: bytes = scope.get("query_string", b"")
+    if b"access_token" not in query and b"%" not in query:
+        return None  # (a percent-encoded name is decoded below)
+    token = None
+    kept = []
+    for part in query.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if unquote_plus(name.decode("latin-1")) == "access_token":
+            if token is None:
+                token = unquote_plus(value.decode("latin-1"), encoding="utf-8", errors="replace")
+        else:
+            kept.append(part)
+    scope["query_string"] = b"&".join(kept)
+    return token

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from connbridge.codec import ResultFormat, from_json, to_json
 from connbridge.errors import BackendUnavailable, HandshakeError, PayloadError
@@ -29,10 +29,11 @@ from connbridge.errors import BackendUnavailable, HandshakeError, PayloadError
 from .problems import BackendRaised, InvalidPayload, InvalidRequest, pointer
 from .state import Backend, GatewayState
 
-__all__ = ["CallRequest", "decode_payload", "parse_call", "run_call"]
+__all__ = ["RESULT_FORMATS", "CallRequest", "decode_payload", "parse_call", "run_call"]
 
 _FIELDS: Final = frozenset({"backend", "payload", "timeout", "result_format"})
-_FORMATS: Final = ("json", "tagged")
+#: The values of ``result_format`` (a call's field, a session's query parameter).
+RESULT_FORMATS: Final[tuple[ResultFormat, ...]] = get_args(ResultFormat)
 _MAX_SCHEMA_ERRORS: Final = 20
 _MAX_MESSAGE: Final = 300
 
@@ -81,7 +82,7 @@ def parse_call(body: object, *, at: Sequence[str | int] = ()) -> CallRequest:
             {"detail": "must be a number of seconds > 0", "pointer": pointer([*at, "timeout"])}
         )
     result_format = body.get("result_format", "json")
-    if result_format not in _FORMATS:
+    if result_format not in RESULT_FORMATS:
         errors.append(
             {
                 "detail": "must be 'json' or 'tagged'",

@@ -4,6 +4,10 @@
 
     connbridge-gateway [--config PATH] [--host H] [--port P] [--demo]
                        [--log-level L] [--log-format text|json]
+    connbridge-gateway openapi [PATH]
+
+``openapi`` writes the committed OpenAPI document (``make openapi``, see
+:mod:`gateway.openapi_file`) and exits.
 
 Exit status: 0 after a clean shutdown (SIGTERM or Ctrl-C), 1 when the server
 could not start (address in use, TLS files unreadable), 2 for a bad command
@@ -21,6 +25,10 @@ a network would let anyone make its backends unpickle their requests.
 On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and waits up to
 ``shutdown_grace`` seconds for requests in flight; then the app's lifespan
 closes the pools (see :func:`gateway.app.create_app`).
+
+Keepalive pings and the WebSocket message size limit belong to uvicorn's
+protocol layer: :func:`uvicorn_options` turns the ``[websocket]`` settings
+into its options.
 """
 
 from __future__ import annotations
@@ -29,7 +37,6 @@ import argparse
 import contextlib
 import gc
 import importlib.util
-import ipaddress
 import logging
 import math
 import os
@@ -40,18 +47,28 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
 from pydantic import SecretStr
 
+from connbridge.addresses import Address
+
 from .app import create_app
 from .log import configure_logging
-from .routes.ws import uvicorn_options
-from .settings import CONFIG_ENV, BackendSettings, ConfigError, Settings, load_settings
+from .openapi_file import DEFAULT_OUTPUT, write_openapi
+from .settings import (
+    CONFIG_ENV,
+    BackendSettings,
+    ConfigError,
+    Settings,
+    WebSocketSettings,
+    load_settings,
+)
 
-__all__ = ["exposure_problem", "is_loopback_host", "main"]
+__all__ = ["exposure_problem", "is_loopback_host", "main", "uvicorn_options"]
 
 logger = logging.getLogger("connbridge.gateway")
 
@@ -66,16 +83,26 @@ class _UsageError(Exception):
 def is_loopback_host(host: str) -> bool:
     """True when ``host`` only accepts connections from this machine.
 
-    ``localhost`` and loopback IPs count; any other name counts as
-    non-loopback, since it may resolve to a public address.
+    ``localhost`` and loopback IPs count (as :attr:`Address.is_loopback`
+    says); any other name counts as non-loopback, since it may resolve to a
+    public address.
     """
-    name = host.strip().strip("[]")
-    if name.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return Address("tcp", host=host.strip().strip("[]").lower()).is_loopback
+
+
+def uvicorn_options(settings: WebSocketSettings) -> dict[str, Any]:
+    """Keyword arguments of ``uvicorn.Config`` that apply the ``[websocket]`` settings.
+
+    uvicorn's websockets protocol refuses an oversized message from its frame
+    header with 1009, before reading it, and sends the keepalive pings.
+    """
+    return {
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.max_message_bytes,
+        "ws_ping_interval": settings.ping_interval,
+        "ws_ping_timeout": settings.ping_timeout,
+        "ws_per_message_deflate": settings.per_message_deflate,
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
             "An HTTP gateway to Python multiprocessing.connection Listener servers: "
             "JSON in, pickled calls to the backends, JSON out."
         ),
+        epilog=f"'{_PROG} openapi [PATH]' writes the example OpenAPI document and exits.",
     )
     parser.add_argument(
         "--config",
@@ -233,8 +261,27 @@ def _serve(settings: Settings, host: str, port: int) -> int:
     return 0 if server.started else 1
 
 
+def _write_openapi(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"{_PROG} openapi",
+        description="Write the OpenAPI document of the gateway built from the example settings.",
+    )
+    parser.add_argument("output", nargs="?", default=DEFAULT_OUTPUT, help="default: %(default)s")
+    output = Path(parser.parse_args(argv).output)
+    try:
+        written = write_openapi(output)
+    except OSError as exc:
+        print(f"{_PROG}: error: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {output}" if written else f"{output} is up to date")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the gateway until SIGTERM or Ctrl-C; return the exit status."""
+    """Run the gateway until SIGTERM or Ctrl-C (or run ``openapi``); return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["openapi"]:
+        return _write_openapi(argv[1:])
     args = _parser().parse_args(argv)
     if args.port is not None and not 0 <= args.port <= 65535:
         _parser().error(f"--port must be between 0 and 65535, not {args.port}")

@@ -17,7 +17,6 @@ from starlette.applications import Starlette
 from starlette.types import Scope
 
 from .auth import ANONYMOUS, Principal
-from .log import request_context
 from .state import GatewayState
 
 __all__ = [
@@ -27,7 +26,6 @@ __all__ = [
     "authenticate",
     "gateway_state",
     "header",
-    "set_backend",
 ]
 
 
@@ -91,10 +89,3 @@ async def _metrics_caller(request: Request, state: State) -> Principal | None:
 
 #: The caller of ``/metrics``: like :data:`Caller` unless ``metrics_public`` is set.
 MetricsCaller = Annotated[Principal | None, Depends(_metrics_caller)]
-
-
-def set_backend(request: Request, name: str) -> None:
-    """Record the backend of this request for the access log, metrics and problems."""
-    context = request_context(request.scope)
-    if context is not None:
-        context.backend = name

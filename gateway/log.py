@@ -4,34 +4,39 @@
 ``BaseHTTPMiddleware`` runs the app in another task and costs far more per
 request). For every HTTP request it:
 
-* takes ``X-Request-ID`` from the request if it is sane (1-128 characters of
-  ``A-Z a-z 0-9 . _ : @ / + = -``) or makes one, and returns it in the
-  response's ``X-Request-ID`` header;
-* logs one line with the request id, method, path (never the query string,
-  which may carry an ``access_token``), backend, status and duration;
+* opens the request's context (:mod:`gateway.context`), whose request id is
+  returned in the response's ``X-Request-ID`` header;
+* logs one line (:func:`log_access`) with the request id, method, path (never
+  the query string, which may carry an ``access_token``), backend, status and
+  duration;
 * records the request in the Prometheus metrics;
 * answers an exception that escaped everything else with a bare 500
   problem, and logs the traceback; the client never sees it.
 
 The module is named ``log`` rather than ``logging`` so that it never shadows
 the standard library.
+
+For a WebSocket it only opens the context and takes the ``access_token``
+query parameter out of the scope (:func:`gateway.auth.take_access_token`);
+the WebSocket routes write the socket's line with :func:`log_access` when it
+ends.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote_plus
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import take_access_token
+from .context import RequestContext, open_context
+from .problems import INTERNAL_DETAIL, INTERNAL_ERROR, MEDIA_TYPE, problem_body
 
 if TYPE_CHECKING:
     from .metrics import GatewayMetrics
@@ -40,100 +45,54 @@ __all__ = [
     "ACCESS_LOGGER",
     "AccessLogMiddleware",
     "JSONFormatter",
-    "RequestContext",
     "configure_logging",
-    "request_context",
+    "log_access",
 ]
 
 #: Logger of the per-request lines.
 ACCESS_LOGGER: Final = "connbridge.gateway.access"
 
-_CONTEXT_KEY: Final = "connbridge.context"
-_SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 _UNMATCHED: Final = "<unmatched>"
 
 logger = logging.getLogger("connbridge.gateway")
 access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
-@dataclass(slots=True)
-class RequestContext:
-    """What the middleware and the routes share about one request (in its scope)."""
+def log_access(
+    request_id: str | None,
+    method: str,
+    path: str,
+    route: str,
+    elapsed: float,
+    *,
+    status: int | None = None,
+    close_code: int | None = None,
+    backend: str = "",
+) -> None:
+    """Write the access line of one HTTP request (``status``) or WebSocket (``close_code``).
 
-    request_id: str
-    #: Route template for metrics; routes set it, otherwise the matched route's path.
-    route: str | None = None
-    #: Backend the request was for, once known.
-    backend: str | None = None
-    #: A WebSocket's ``access_token`` query parameter, taken out of the scope.
-    access_token: str | None = field(default=None, repr=False)
-
-
-def request_context(scope: Mapping[str, Any]) -> RequestContext | None:
-    """The :class:`RequestContext` of a request, if the middleware runs."""
-    context: RequestContext | None = scope.get(_CONTEXT_KEY)
-    return context
-
-
-def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            if _SANE_ID.fullmatch(value):
-                return bytes(value).decode("ascii")
-            break
-    return _random_ids.next_id()
-
-
-class _RandomIds:
-    """Random 96-bit request ids, drawn from the kernel 256 at a time.
-
-    One ``os.urandom`` call per request showed in profiles; a counter would
-    tell clients how many requests the process has served. The buffer is
-    dropped in a forked child, so workers never share ids.
+    The text line reads ``<id> "<METHOD> <path>" <code> <ms>ms``, and
+    ``backend=<name>`` for HTTP; the JSON formatter adds the same fields.
+    ``path`` never has the query string, which may hold an ``access_token``.
     """
-
-    _BATCH: Final = 256
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._at = 0
-
-    def next_id(self) -> str:
-        at = self._at
-        if at >= len(self._buffer):
-            self._buffer, at = os.urandom(12 * self._BATCH), 0
-        self._at = at + 12
-        return self._buffer[at : at + 12].hex()
-
-    def forget(self) -> None:
-        self._buffer, self._at = b"", 0
-
-
-_random_ids = _RandomIds()
-os.register_at_fork(after_in_child=_random_ids.forget)
-
-
-def _take_access_token(scope: Scope) -> str | None:
-    """Remove ``access_token`` from the query string; return its (first) value.
-
-    Done before routing, for every WebSocket, so that no log line (uvicorn
-    logs the path with its query string when it accepts or refuses a socket,
-    including one to an unknown path) and no route ever sees the key.
-    """
-    query: bytes = scope.get("query_string", b"")
-    if b"access_token" not in query and b"%" not in query:
-        return None  # (a percent-encoded name is decoded below)
-    token = None
-    kept = []
-    for part in query.split(b"&"):
-        name, _, value = part.partition(b"=")
-        if unquote_plus(name.decode("latin-1")) == "access_token":
-            if token is None:
-                token = unquote_plus(value.decode("latin-1"), encoding="utf-8", errors="replace")
-        else:
-            kept.append(part)
-    scope["query_string"] = b"&".join(kept)
-    return token
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    ms = elapsed * 1000
+    fields: dict[str, Any] = {"request_id": request_id, "method": method, "path": path}
+    fields["route"] = route
+    if close_code is None:
+        fields["backend"] = backend or None
+        fields["status"] = status
+        code, tail = status, f" backend={backend or '-'}"
+    else:
+        fields["close_code"] = code = close_code
+        tail = ""
+    fields["duration_ms"] = round(ms, 3)
+    access_logger.info(
+        '%s "%s %s" %d %.2fms%s',
+        *(request_id, method, path, code, ms, tail),
+        extra={"access": fields},
+    )
 
 
 class AccessLogMiddleware:
@@ -145,17 +104,15 @@ class AccessLogMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            context = RequestContext(_request_id(scope))
-            context.access_token = _take_access_token(scope)
-            scope[_CONTEXT_KEY] = context
+            # The WebSocket routes write their own line when the socket ends.
+            open_context(scope).access_token = take_access_token(scope)
             await self.app(scope, receive, send)
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
-        context = RequestContext(_request_id(scope))
-        scope[_CONTEXT_KEY] = context
+        context = open_context(scope)
         header = (b"x-request-id", context.request_id.encode("ascii"))
         status = 500
         started = False
@@ -191,37 +148,22 @@ class AccessLogMiddleware:
             backend = context.backend or ""
             if self.metrics is not None:
                 self.metrics.observe_request(route, backend, status, elapsed)
-            if access_logger.isEnabledFor(logging.INFO):
-                access_logger.info(
-                    '%s "%s %s" %d %.2fms backend=%s',
-                    context.request_id,
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    elapsed * 1000,
-                    backend or "-",
-                    extra={
-                        "access": {
-                            "request_id": context.request_id,
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "route": route,
-                            "backend": backend or None,
-                            "status": status,
-                            "duration_ms": round(elapsed * 1000, 3),
-                        }
-                    },
-                )
+            log_access(
+                context.request_id,
+                scope["method"],
+                scope["path"],
+                route,
+                elapsed,
+                status=status,
+                backend=backend,
+            )
 
 
 async def _send_internal_error(send: Send, scope: Scope, context: RequestContext) -> None:
-    # Imported here: problems imports this module for request_context().
-    from .problems import INTERNAL_ERROR, MEDIA_TYPE, problem_body
-
     body = orjson.dumps(
         problem_body(
             INTERNAL_ERROR,
-            "an internal error occurred; see the gateway log",
+            INTERNAL_DETAIL,
             instance=scope["path"],
             request_id=context.request_id,
         )

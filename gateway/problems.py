@@ -42,8 +42,13 @@ internal-error                 500     a bug; details are only logged
 A body has ``type``, ``title``, ``status``, ``detail``, ``instance`` (the
 request path) and ``request_id``, plus extensions: ``errors`` (a list of
 ``{"detail", "pointer"}`` with a JSON Pointer into the request body) for 422,
+and for a backend named in the body that is unknown or not allowed;
 ``backend`` when one was chosen, ``exception`` (``{"type", "args"}``) for
-``backend-exception``. No traceback and no key ever appears in one.
+``backend-exception``; in a batch, ``pointer`` to the failed entry (or to the
+one field of it that the error is about). No traceback and no key ever
+appears in one. :func:`problem_object` builds every body made from an
+exception: the HTTP error responses, each failed batch entry and each error
+reply on ``/ws``.
 
 The gateway's own request errors are the :class:`GatewayError` subtree
 (under :class:`~connbridge.errors.ConnbridgeError`)::
@@ -94,9 +99,10 @@ from connbridge.errors import (
     ResultError,
 )
 
-from .log import request_context
+from .context import request_context
 
 __all__ = [
+    "INTERNAL_DETAIL",
     "INTERNAL_ERROR",
     "MEDIA_TYPE",
     "PROBLEM_BASE",
@@ -118,6 +124,7 @@ __all__ = [
     "pointer",
     "problem_body",
     "problem_for",
+    "problem_object",
     "problem_response",
 ]
 
@@ -134,7 +141,10 @@ class GatewayError(ConnbridgeError):
     """An error the gateway finds in a request, or about a backend's answer.
 
     ``extras`` become extension members of the problem body; ``headers``
-    are added to the response.
+    are added to the response. ``pointer`` is the JSON Pointer of the one
+    value of the request the error is about, when there is one: it is listed
+    in ``errors`` (unless ``extras`` has them), and a batch entry's error
+    points there rather than at the whole entry.
     """
 
     def __init__(
@@ -143,11 +153,15 @@ class GatewayError(ConnbridgeError):
         *,
         extras: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        pointer: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extras = dict(extras or {})
         self.headers = dict(headers or {})
+        self.pointer = pointer
+        if pointer is not None:
+            self.extras.setdefault("errors", [{"detail": detail, "pointer": pointer}])
 
 
 class MalformedJSON(GatewayError):
@@ -177,8 +191,10 @@ class UnknownBackend(GatewayError):
 class InvalidRequest(GatewayError):
     """The request body does not have the documented shape; ``errors`` says where."""
 
-    def __init__(self, detail: str, errors: Sequence[Mapping[str, Any]]) -> None:
-        super().__init__(detail, extras={"errors": list(errors)})
+    def __init__(
+        self, detail: str, errors: Sequence[Mapping[str, Any]], *, pointer: str | None = None
+    ) -> None:
+        super().__init__(detail, extras={"errors": list(errors)}, pointer=pointer)
         self.errors = list(errors)
 
 
@@ -249,6 +265,8 @@ def _row(slug: str, status: int, title: str, retry_after: int | None = None) -> 
 
 
 INTERNAL_ERROR: Final = _row("internal-error", 500, "Internal error")
+#: The detail of every internal error: what went wrong is only in the log.
+INTERNAL_DETAIL: Final = "an internal error occurred; see the gateway log"
 NOT_FOUND: Final = _row("not-found", 404, "Not found")
 METHOD_NOT_ALLOWED: Final = _row("method-not-allowed", 405, "Method not allowed")
 
@@ -333,6 +351,39 @@ def problem_body(
     return body
 
 
+def problem_object(
+    exc: BaseException,
+    *,
+    instance: str | None,
+    request_id: str | None,
+    backend: str | None = None,
+    entry: str | None = None,
+) -> tuple[ProblemType, dict[str, Any], dict[str, str]]:
+    """The problem object for ``exc``, with its table row and the headers to send.
+
+    The one builder of problems made from exceptions: the HTTP error
+    responses, each failed entry of a batch, each error reply on ``/ws``.
+    ``backend`` is the backend the call was for, once one was chosen;
+    ``entry`` the pointer of a batch entry, which becomes the ``pointer``
+    member unless the error points at a field of its own.
+    """
+    row, detail, extras, headers = describe(exc)
+    if entry is not None:
+        own = exc.pointer if isinstance(exc, GatewayError) else None
+        extras = {**extras, "pointer": own or entry}
+    if backend is not None:
+        extras = {**extras, "backend": backend}
+    body = problem_body(row, detail, instance=instance, request_id=request_id, extras=extras)
+    return row, body, headers
+
+
+def _respond(row: ProblemType, body: Mapping[str, Any], headers: Mapping[str, str]) -> Response:
+    out = dict(headers or {})
+    if row.retry_after is not None:
+        out.setdefault("Retry-After", str(row.retry_after))
+    return Response(orjson.dumps(body), status_code=row.status, headers=out, media_type=MEDIA_TYPE)
+
+
 def problem_response(
     row: ProblemType,
     detail: str,
@@ -356,17 +407,14 @@ def problem_response(
             if context.backend is not None:
                 merged.setdefault("backend", context.backend)
     body = problem_body(row, detail, instance=instance, request_id=request_id, extras=merged)
-    out = dict(headers or {})
-    if row.retry_after is not None:
-        out.setdefault("Retry-After", str(row.retry_after))
-    return Response(orjson.dumps(body), status_code=row.status, headers=out, media_type=MEDIA_TYPE)
+    return _respond(row, body, headers or {})
 
 
 def describe(exc: BaseException) -> tuple[ProblemType, str, dict[str, Any], dict[str, str]]:
     """``(row, detail, extras, headers)`` for an exception, as the handlers render it."""
     row = problem_for(exc)
     if row is INTERNAL_ERROR:
-        return INTERNAL_ERROR, "an internal error occurred; see the gateway log", {}, {}
+        return INTERNAL_ERROR, INTERNAL_DETAIL, {}, {}
     if isinstance(exc, GatewayError):
         return row, exc.detail, exc.extras, exc.headers
     if isinstance(exc, PayloadError):
@@ -394,10 +442,16 @@ def pointer(location: Sequence[object]) -> str:
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
-    row, detail, extras, headers = describe(exc)
+    context = request_context(request.scope)
+    row, body, headers = problem_object(
+        exc,
+        instance=request.scope.get("path"),
+        request_id=context.request_id if context is not None else None,
+        backend=context.backend if context is not None else None,
+    )
     if row is INTERNAL_ERROR:
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem_response(row, detail, scope=request.scope, extras=extras, headers=headers)
+    return _respond(row, body, headers)
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:

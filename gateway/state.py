@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from connbridge.pool import Pool, PoolSettings
 
 from .auth import KeyRing, Principal
 from .metrics import GatewayMetrics
-from .problems import InvalidRequest, UnknownBackend
+from .problems import InvalidRequest, UnknownBackend, pointer
 from .settings import BackendSettings, ConfigError, Settings
 
 __all__ = ["RESULT_MAX_DEPTH", "Backend", "GatewayState", "pool_settings"]
@@ -136,34 +137,38 @@ class GatewayState:
         pools = list(self.pools().values())
         await asyncio.gather(*(pool.close(grace) for pool in pools), return_exceptions=True)
 
-    def backend_for(self, principal: Principal, name: str | None) -> Backend:
+    def backend_for(
+        self, principal: Principal, name: str | None, *, at: Sequence[str | int] | None = ()
+    ) -> Backend:
         """The backend a caller asks for (``None``: the default), checked against its scope.
 
         A name outside the caller's scope is refused before its existence is
-        checked, so a scoped key cannot probe which backends exist.
+        checked, so a scoped key cannot probe which backends exist. ``at`` is
+        where the call object sits in the request body (``("requests", 3)`` in
+        a batch): errors point at its ``backend`` field. ``None`` when the name
+        is not from the body (a path parameter): errors then point nowhere.
 
         Raises:
             InvalidRequest: no name was given and there is no default backend.
             Forbidden: the caller's key does not include the backend.
             UnknownBackend: no backend has that name.
         """
-        if name is None:
-            name = self.default_backend
-            if name is None:
-                raise InvalidRequest(
-                    "name a backend: several are configured and none is the default",
-                    [
-                        {
-                            "detail": "required when there is no default backend",
-                            "pointer": "#/backend",
-                        }
-                    ],
-                )
-        principal.require(name)
-        backend = self.backends.get(name)
-        if backend is None:
-            raise UnknownBackend(f"no backend is named {name!r}")
-        return backend
+        chosen = self.default_backend if name is None else name
+        if chosen is not None and principal.may_use(chosen):
+            backend = self.backends.get(chosen)
+            if backend is not None:
+                return backend
+        # Refused: the pointer is only built now, off the path of a good call.
+        where = None if at is None else pointer([*at, "backend"])
+        if chosen is None:
+            missing = where or pointer(["backend"])  # (a name from the path is never None)
+            raise InvalidRequest(
+                "name a backend: several are configured and none is the default",
+                [{"detail": "required when there is no default backend", "pointer": missing}],
+                pointer=missing,
+            )
+        principal.require(chosen, pointer=where)
+        raise UnknownBackend(f"no backend is named {chosen!r}", pointer=where)
 
     def describe_backends(self, principal: Principal) -> list[dict[str, Any]]:
         """``GET /backends``: what the caller may use, without any secret."""

@@ -28,12 +28,12 @@ from connbridge.errors import ConnbridgeError
 
 from ..body import read_json
 from ..calls import parse_call, run_call
-from ..deps import authenticate, gateway_state, set_backend
-from ..log import request_context
+from ..context import request_context, set_backend, set_route
+from ..deps import authenticate, gateway_state
 from ..openapi import compute_request_ref, problem_responses, request_body
-from ..problems import INTERNAL_ERROR, InvalidRequest, describe, pointer, problem_body
+from ..problems import InvalidRequest, pointer, problem_object
 from ..schemas import BatchResponse, ComputeResponse
-from ..state import GatewayState
+from ..state import Backend, GatewayState
 
 __all__ = ["router"]
 
@@ -53,12 +53,6 @@ _BATCH_ERRORS: Final = (400, 413, 415, 422)
 _BACKEND_ROUTE: Final = "/backends/{name}/compute"
 
 
-def _label(request: Request, route: str) -> None:
-    context = request_context(request.scope)
-    if context is not None:
-        context.route = route
-
-
 async def _compute(request: Request, name: str | None) -> Response:
     state = gateway_state(request.app)
     caller = authenticate(request, state)  # before the body is read
@@ -71,18 +65,82 @@ async def _compute(request: Request, name: str | None) -> Response:
                 [{"detail": "must match the backend in the path", "pointer": "#/backend"}],
             )
         call.backend = name
-    backend = state.backend_for(caller, call.backend)
-    set_backend(request, backend.name)
+    # A name from the path has no place in the body for an error to point at.
+    backend = state.backend_for(caller, call.backend, at=None if name is not None else ())
+    set_backend(request.scope, backend.name)
     answer = await run_call(state, backend, call)
     return Response(orjson.dumps(answer), media_type=_JSON)
 
 
 def _backend_endpoint(name: str) -> Callable[..., Coroutine[Any, Any, Response]]:
     async def compute_on_backend(request: Request) -> Response:
-        _label(request, _BACKEND_ROUTE)
+        set_route(request.scope, _BACKEND_ROUTE)
         return await _compute(request, name)
 
     return compute_on_backend
+
+
+def _add_backend_route(
+    api: APIRouter, name: str, backend: Backend, example: dict[str, Any]
+) -> None:
+    """``POST /backends/<name>/compute``, documented with the backend's ``payload_schema``."""
+    schema = backend.settings.payload_schema
+    has_schema = schema is not None
+    examples = schema.get("examples") if schema is not None else None
+    backend_example = {"payload": examples[0]} if isinstance(examples, list) and examples else None
+    api.add_api_route(
+        f"/backends/{name}/compute",
+        _backend_endpoint(name),
+        methods=["POST"],
+        operation_id=f"compute_on_{name}",
+        summary=f"Call backend {name}",
+        description=(
+            f"Like `POST /compute` with `backend` = `{name}`."
+            + (" The payload must match this backend's schema." if has_schema else "")
+        ),
+        response_model=ComputeResponse,
+        responses=problem_responses(_CALL_ERRORS, _CALL_DESCRIPTIONS),
+        openapi_extra=request_body(
+            compute_request_ref(name if has_schema else None),
+            backend_example if has_schema else example,
+        ),
+    )
+
+
+async def _compute_batch(request: Request) -> Response:
+    state = gateway_state(request.app)
+    caller = authenticate(request, state)
+    settings = state.settings.gateway
+    body = await read_json(request, settings.max_body_bytes)
+    requests = _batch_requests(body, settings.batch_max_requests)
+    context = request_context(request.scope)
+    request_id = context.request_id if context is not None else None
+    path = request.scope["path"]
+    limit = asyncio.Semaphore(settings.batch_concurrency)
+
+    async def one(index: int, item: object) -> dict[str, Any]:
+        at = ("requests", index)
+        backend_name = None
+        try:
+            call = parse_call(item, at=at)
+            backend = state.backend_for(caller, call.backend, at=at)
+            backend_name = backend.name
+            async with limit:
+                return await run_call(state, backend, call, at=at)
+        except Exception as exc:
+            if not isinstance(exc, ConnbridgeError):
+                logger.error("batch entry %d failed", index, exc_info=exc)
+            _, error, _ = problem_object(
+                exc,
+                instance=path,
+                request_id=request_id,
+                backend=backend_name,
+                entry=pointer(at),
+            )
+            return {"error": error}
+
+    results = await asyncio.gather(*(one(i, item) for i, item in enumerate(requests)))
+    return Response(orjson.dumps({"results": results}), media_type=_JSON)
 
 
 def router(state: GatewayState) -> APIRouter:
@@ -106,29 +164,7 @@ def router(state: GatewayState) -> APIRouter:
         return await _compute(request, None)
 
     for name, backend in state.backends.items():
-        schema = backend.settings.payload_schema
-        has_schema = schema is not None
-        examples = schema.get("examples") if schema is not None else None
-        backend_example = (
-            {"payload": examples[0]} if isinstance(examples, list) and examples else None
-        )
-        api.add_api_route(
-            f"/backends/{name}/compute",
-            _backend_endpoint(name),
-            methods=["POST"],
-            operation_id=f"compute_on_{name}",
-            summary=f"Call backend {name}",
-            description=(
-                f"Like `POST /compute` with `backend` = `{name}`."
-                + (" The payload must match this backend's schema." if has_schema else "")
-            ),
-            response_model=ComputeResponse,
-            responses=problem_responses(_CALL_ERRORS, _CALL_DESCRIPTIONS),
-            openapi_extra=request_body(
-                compute_request_ref(name if has_schema else None),
-                backend_example if has_schema else example,
-            ),
-        )
+        _add_backend_route(api, name, backend, example)
 
     @api.post(_BACKEND_ROUTE, include_in_schema=False)
     async def compute_on_unknown(request: Request, name: str) -> Response:
@@ -150,41 +186,7 @@ def router(state: GatewayState) -> APIRouter:
         ),
     )
     async def compute_batch(request: Request) -> Response:
-        state = gateway_state(request.app)
-        caller = authenticate(request, state)
-        settings = state.settings.gateway
-        body = await read_json(request, settings.max_body_bytes)
-        requests = _batch_requests(body, settings.batch_max_requests)
-        context = request_context(request.scope)
-        request_id = context.request_id if context is not None else None
-        path = request.scope["path"]
-        limit = asyncio.Semaphore(settings.batch_concurrency)
-
-        async def one(index: int, item: object) -> dict[str, Any]:
-            at = ("requests", index)
-            backend_name = None
-            try:
-                call = parse_call(item, at=at)
-                backend = state.backend_for(caller, call.backend)
-                backend_name = backend.name
-                async with limit:
-                    return await run_call(state, backend, call, at=at)
-            except Exception as exc:
-                if not isinstance(exc, ConnbridgeError):
-                    logger.error("batch entry %d failed", index, exc_info=exc)
-                row, detail, extras, _ = describe(exc)
-                if row is INTERNAL_ERROR:
-                    extras = {}
-                extras = {**extras, "pointer": pointer(at)}
-                if backend_name is not None:
-                    extras["backend"] = backend_name
-                error = problem_body(
-                    row, detail, instance=path, request_id=request_id, extras=extras
-                )
-                return {"error": error}
-
-        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(requests)))
-        return Response(orjson.dumps({"results": results}), media_type=_JSON)
+        return await _compute_batch(request)
 
     return api
 

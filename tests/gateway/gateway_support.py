@@ -134,3 +134,22 @@ def backend_config(backend: Any, tmp_path: Path, **extra: Any) -> dict[str, Any]
         config["authkey_file"] = key_file(tmp_path, backend.authkey, f"key-{backend.pid}")
     config.update(extra)
     return config
+
+
+def two_backends_no_default(
+    backend: Any, tmp_path: Path, *, key: str, a_only_key: str
+) -> dict[str, Any]:
+    """Settings with backends ``a`` and ``b`` (both ``backend``) and no default one.
+
+    ``key`` may use both; ``a_only_key`` only ``a``.
+    """
+    backends = {name: backend_config(backend, tmp_path) for name in ("a", "b")}
+    return {
+        "backends": backends,
+        "auth": {
+            "keys": [
+                {"name": "all", "sha256": sha256_hex(key)},
+                {"name": "a-only", "sha256": sha256_hex(a_only_key), "backends": ["a"]},
+            ]
+        },
+    }

@@ -18,10 +18,12 @@ MODULES = [
     "gateway.body",
     "gateway.calls",
     "gateway.cli",
+    "gateway.context",
     "gateway.deps",
     "gateway.log",
     "gateway.metrics",
     "gateway.openapi",
+    "gateway.openapi_file",
     "gateway.problems",
     "gateway.schemas",
     "gateway.settings",
@@ -30,6 +32,10 @@ MODULES = [
     "gateway.routes.compute",
     "gateway.routes.health",
     "gateway.routes.metrics",
+    "gateway.routes.ws",
+    "gateway.websocket.calls",
+    "gateway.websocket.link",
+    "gateway.websocket.session",
 ]
 
 
@@ -139,7 +145,7 @@ async def test_openapi_describes_bodies_and_problems(demo, tmp_path):
 def test_request_ids_are_random_and_unique_across_batches() -> None:
     import itertools
 
-    from gateway.log import _random_ids
+    from gateway.context import _random_ids
 
     ids = [_random_ids.next_id() for _ in range(1000)]  # several batches of 256
     assert len(set(ids)) == len(ids)

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from gateway_support import backend_config, problem_type, serve_gateway
+from gateway_support import backend_config, problem_type, serve_gateway, two_backends_no_default
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,6 +89,82 @@ async def test_without_a_default_the_backend_must_be_named(demo, tmp_path):
         assert response.json()["errors"][0]["pointer"] == "#/backend"
         response = await gw.client.post("/compute", json={"payload": [1, 2], "backend": "b"})
         assert response.json()["backend"] == "b"
+
+
+ALL_KEY = "compute-all-key-0001"
+A_ONLY_KEY = "compute-a-only-key-0002"
+
+
+def two_backends(demo, tmp_path):
+    return two_backends_no_default(demo, tmp_path, key=ALL_KEY, a_only_key=A_ONLY_KEY)
+
+
+async def test_batch_backend_errors_point_at_the_entrys_backend_field(demo, tmp_path):
+    # Changed behaviour (issue 11): these pointed at "#/backend" (no backend, no
+    # default) or at the whole entry "#/requests/N" (forbidden, unknown).
+    async with serve_gateway(two_backends(demo, tmp_path)) as gw:
+        requests = [
+            {"payload": [1, 2], "backend": "a"},
+            {"payload": [1, 2]},
+            {"payload": [1, 2], "backend": "b"},
+            {"payload": [1, 2], "backend": "nope"},
+        ]
+        scoped = await gw.client.post(
+            "/compute/batch",
+            json={"requests": requests},
+            headers={"Authorization": f"Bearer {A_ONLY_KEY}"},
+        )
+        wide = await gw.client.post(
+            "/compute/batch",
+            json={"requests": requests},
+            headers={"Authorization": f"Bearer {ALL_KEY}"},
+        )
+    for response in (scoped, wide):
+        results = response.json()["results"]
+        assert results[0]["result"] == 3
+        missing = results[1]["error"]
+        assert missing["type"] == problem_type("invalid-request")
+        assert missing["pointer"] == "#/requests/1/backend"
+        assert [e["pointer"] for e in missing["errors"]] == ["#/requests/1/backend"]
+    forbidden = scoped.json()["results"][2]["error"]
+    assert forbidden["type"] == problem_type("forbidden")
+    assert forbidden["pointer"] == "#/requests/2/backend"
+    assert forbidden["errors"] == [
+        {"detail": forbidden["detail"], "pointer": "#/requests/2/backend"}
+    ]
+    # The scope is checked first: an unknown name is forbidden to a scoped key...
+    assert scoped.json()["results"][3]["error"]["type"] == problem_type("forbidden")
+    assert scoped.json()["results"][3]["error"]["pointer"] == "#/requests/3/backend"
+    # ...and unknown to a key for every backend.
+    assert wide.json()["results"][2]["result"] == 3
+    unknown = wide.json()["results"][3]["error"]
+    assert unknown["type"] == problem_type("unknown-backend")
+    assert unknown["pointer"] == "#/requests/3/backend"
+    assert unknown["errors"] == [{"detail": unknown["detail"], "pointer": "#/requests/3/backend"}]
+
+
+async def test_a_backend_named_in_the_body_is_pointed_at_only_there(demo, tmp_path):
+    # POST /compute names its backend at "#/backend"; a name in the path has
+    # no place in the body, so its refusal points nowhere.
+    headers = {"Authorization": f"Bearer {A_ONLY_KEY}"}
+    async with serve_gateway(two_backends(demo, tmp_path)) as gw:
+        forbidden = await gw.client.post(
+            "/compute", json={"payload": 1, "backend": "b"}, headers=headers
+        )
+        unknown = await gw.client.post(
+            "/compute",
+            json={"payload": 1, "backend": "nope"},
+            headers={"Authorization": f"Bearer {ALL_KEY}"},
+        )
+        by_path = await gw.client.post("/backends/b/compute", json={"payload": 1}, headers=headers)
+    assert forbidden.status_code == 403
+    assert forbidden.json()["errors"] == [
+        {"detail": forbidden.json()["detail"], "pointer": "#/backend"}
+    ]
+    assert unknown.status_code == 404
+    assert unknown.json()["errors"][0]["pointer"] == "#/backend"
+    assert by_path.status_code == 403
+    assert "errors" not in by_path.json()
 
 
 async def test_path_and_body_backend_must_agree(settings):

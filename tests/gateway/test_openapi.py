@@ -1,4 +1,4 @@
-"""The committed OpenAPI document and the offline docs pages (gateway/docs.py).
+"""The committed OpenAPI document (gateway/openapi_file.py) and the offline docs (gateway/docs.py).
 
 The committed ``openapi/openapi.json`` must be exactly what ``make openapi``
 writes and what the app serves for the same (example) settings; it must be
@@ -21,7 +21,9 @@ from gateway_support import serve_gateway
 from openapi_spec_validator import validate
 
 from gateway.app import create_app
-from gateway.docs import STATIC_DIR, example_settings, render_openapi
+from gateway.cli import main
+from gateway.docs import STATIC_DIR
+from gateway.openapi_file import example_settings, render_openapi
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,6 +39,18 @@ def committed_text() -> str:
 
 def test_committed_document_is_what_make_openapi_writes():
     assert committed_text() == render_openapi(create_app(example_settings())), STALE
+
+
+def test_the_openapi_command_writes_the_committed_document(tmp_path, capsys):
+    output = tmp_path / "doc" / "openapi.json"
+    assert main(["openapi", str(output)]) == 0
+    assert output.read_text(encoding="utf-8") == committed_text()
+    assert capsys.readouterr().out == f"wrote {output}\n"
+    assert main(["openapi", str(output)]) == 0
+    assert capsys.readouterr().out == f"{output} is up to date\n"
+    # A path that cannot be written is reported, with status 1.
+    assert main(["openapi", str(output / "below-a-file.json")]) == 1
+    assert "cannot write" in capsys.readouterr().err
 
 
 async def test_committed_document_is_what_the_app_serves():

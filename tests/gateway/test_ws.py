@@ -11,7 +11,14 @@ import jsonschema
 import orjson
 import pytest
 import yaml
-from gateway_support import backend_config, problem_type, serve_gateway, sha256_hex, wait_until
+from gateway_support import (
+    backend_config,
+    problem_type,
+    serve_gateway,
+    sha256_hex,
+    two_backends_no_default,
+    wait_until,
+)
 from websockets.exceptions import InvalidStatus
 from ws_support import (
     WAIT,
@@ -26,7 +33,8 @@ from ws_support import (
     until_closed,
 )
 
-from gateway.routes.ws import CALLS_ROUTE, SESSION_ROUTE, uvicorn_options
+from gateway.cli import uvicorn_options
+from gateway.routes.ws import CALLS_ROUTE, SESSION_ROUTE
 from gateway.settings import ConfigError, Settings, WebSocketSettings, load_settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -367,6 +375,33 @@ async def test_auth_refusals_close_with_1008(demo, tmp_path, caplog, monkeypatch
     assert '"WebSocket /ws/unknown/path?x=1" 403' in text
     for secret in (KEY, SCOPED, "wrong"):
         assert secret not in text  # ...but never a key
+
+
+async def test_call_backend_errors_point_at_its_backend_field(demo, tmp_path):
+    # Changed behaviour (issue 11): a forbidden or unknown backend had no
+    # pointer; a /ws call's pointers are into the message, as for its other fields.
+    settings = two_backends_no_default(demo, tmp_path, key=KEY, a_only_key=SCOPED)
+
+    async def ask(ws, message):
+        await ws.send(orjson.dumps(message).decode())
+        return await recv_json(ws)
+
+    async with serve_gateway(settings) as gw:
+        async with open_ws(gw, headers={"Authorization": f"Bearer {SCOPED}"}) as ws:
+            assert await ask(ws, {"id": 1, "backend": "a", "payload": [1, 2]}) == {
+                "id": 1,
+                "result": 3,
+            }
+            missing = (await ask(ws, {"id": 2, "payload": [1, 2]}))["error"]
+            assert missing["type"] == problem_type("invalid-request")
+            assert [e["pointer"] for e in missing["errors"]] == ["#/backend"]
+            forbidden = (await ask(ws, {"id": 3, "backend": "b", "payload": [1, 2]}))["error"]
+            assert forbidden["type"] == problem_type("forbidden")
+            assert forbidden["errors"] == [{"detail": forbidden["detail"], "pointer": "#/backend"}]
+        async with open_ws(gw, headers={"Authorization": f"Bearer {KEY}"}) as ws:
+            unknown = (await ask(ws, {"id": 4, "backend": "nope", "payload": [1, 2]}))["error"]
+            assert unknown["type"] == problem_type("unknown-backend")
+            assert unknown["errors"] == [{"detail": unknown["detail"], "pointer": "#/backend"}]
 
 
 async def test_plain_http_is_refused(demo, tmp_path):

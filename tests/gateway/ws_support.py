@@ -18,7 +18,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.app import create_app
-from gateway.routes.ws import WebSocketHub, uvicorn_options, websocket_hub
+from gateway.cli import uvicorn_options
+from gateway.routes.ws import WebSocketHub, websocket_hub
 from gateway.settings import Settings
 
 #: Bound of every wait on a socket in these tests.

@@ -1,0 +1,116 @@
+"""The committed OpenAPI document, ``openapi/openapi.json``, and how it is written.
+
+``connbridge-gateway openapi [PATH]`` (``make openapi``) writes the OpenAPI
+document of the app built from :data:`EXAMPLE_CONFIG` to ``PATH`` (default
+``openapi/openapi.json``): a fixed configuration, so the file is the same on
+every machine, with one backend that has a ``payload_schema`` so that the
+per-backend operation appears. ``tests/gateway/test_openapi.py`` fails when
+the committed file differs from what the app serves.
+
+A leaf: it builds an app, so only the command line imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Final
+
+from fastapi import FastAPI
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from .app import create_app
+from .settings import Settings
+
+__all__ = [
+    "DEFAULT_OUTPUT",
+    "EXAMPLE_CONFIG",
+    "example_settings",
+    "render_openapi",
+    "write_openapi",
+]
+
+#: Where ``make openapi`` writes the document.
+DEFAULT_OUTPUT: Final = "openapi/openapi.json"
+
+#: The configuration behind ``openapi/openapi.json``. Nothing in it is read
+#: from the machine: no authkey source (the document never shows one), and
+#: the API key entry holds the SHA-256 of the string "example-key".
+EXAMPLE_CONFIG: Final[dict[str, Any]] = {
+    "gateway": {"default_backend": "adder"},
+    "backends": {
+        "adder": {
+            "address": "127.0.0.1:11111",
+            "timeout": 5.0,
+            "max_connections": 4,
+            "payload_schema": {
+                "title": "Two integers to add",
+                "type": "array",
+                "items": {"type": "integer"},
+                "minItems": 2,
+                "maxItems": 2,
+                "examples": [[5, 6]],
+            },
+        }
+    },
+    "auth": {
+        "keys": [
+            {
+                "name": "example",
+                "sha256": hashlib.sha256(b"example-key").hexdigest(),
+                "backends": ["*"],
+            }
+        ]
+    },
+}
+
+
+class _ExampleSettings(Settings):
+    """:class:`Settings` made from their arguments only: no ``CONNBRIDGE_*`` variables."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def example_settings() -> Settings:
+    """:data:`EXAMPLE_CONFIG` as settings, whatever the environment says.
+
+    Raises:
+        pydantic.ValidationError: only if :data:`EXAMPLE_CONFIG` itself is broken.
+    """
+    return _ExampleSettings(**EXAMPLE_CONFIG)
+
+
+def render_openapi(app: FastAPI) -> str:
+    """The OpenAPI document of ``app`` as written to ``openapi/openapi.json``.
+
+    Sorted keys, two-space indent, non-ASCII kept, one trailing newline: the
+    same document always gives the same bytes.
+    """
+    # Through JSON first, as the app serves it: that turns any int keys
+    # (status codes) into strings, which sort_keys needs.
+    document = json.loads(json.dumps(app.openapi()))
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_openapi(output: Path) -> bool:
+    """Write the example app's document to ``output``; False when it was already up to date.
+
+    Raises:
+        OSError: ``output`` cannot be written.
+    """
+    text = render_openapi(create_app(example_settings()))
+    if output.is_file() and output.read_text(encoding="utf-8") == text:
+        return False
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    return True

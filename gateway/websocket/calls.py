@@ -1,0 +1,153 @@
+"""The ``/ws`` calls protocol: many calls on one socket, answered as each is done.
+
+Each call request is a text message ``{"id": <any JSON>, "backend"?,
+"payload", "timeout"?, "result_format"?}``; it is run by
+:func:`gateway.calls.run_call`, exactly as ``POST /compute`` runs it, and
+answered with ``{"id", "result"}`` or ``{"id", "error": <problem>}`` (the
+problem object of the REST API, :func:`gateway.problems.problem_object`) as
+soon as it is done, in any order. A message that cannot be read gets an
+error reply too, with its ``id`` when one could be read, and the socket
+stays open; pointers in ``errors`` are into the message.
+
+At most ``max_in_flight`` calls run at once: at the bound the reader stops
+reading from the socket (uvicorn then stops reading from the TCP
+connection), so a fast client is slowed down, never refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import orjson
+
+from ..auth import Principal
+from ..body import parse_json
+from ..calls import parse_call, run_call
+from ..problems import INTERNAL_ERROR, InvalidRequest, problem_object
+from ..state import Backend, GatewayState
+from .link import Link, too_big
+
+__all__ = ["CALLS_ROUTE", "Calls"]
+
+logger = logging.getLogger("connbridge.gateway")
+
+#: The route template (also the ``endpoint`` label of ``connbridge_websocket_connections``).
+CALLS_ROUTE: Final = "/ws"
+
+_MISSING: Final = object()
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(message).decode("utf-8")
+    except orjson.JSONEncodeError:
+        # An ``id`` holding an integer beyond 64 bits (the parser keeps those
+        # exact); results never do, the codec tags them.
+        return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+class Calls:
+    """The calls of one ``/ws`` socket: the reader is a worker of its :class:`Link`.
+
+    ``note_in_flight`` is told the number of calls running each time one starts.
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        state: GatewayState,
+        principal: Principal,
+        note_in_flight: Callable[[int], None],
+    ) -> None:
+        self.link = link
+        self.state = state
+        self.principal = principal
+        self.in_flight = 0
+        self._note_in_flight = note_in_flight
+        self._slots = asyncio.Semaphore(link.settings.max_in_flight)
+
+    async def read(self) -> None:
+        """Read call requests until the client goes, with at most ``max_in_flight`` running.
+
+        The calls run in a task group: when the link stops the reader, the
+        calls still running are cancelled with it.
+        """
+        websocket, link, slots = self.link.websocket, self.link, self._slots
+        most = link.settings.max_message_bytes
+        async with asyncio.TaskGroup() as group:
+            while True:
+                # Backpressure: no receive() until a call is done, so uvicorn
+                # stops reading the TCP connection and the client's sends wait.
+                await slots.acquire()
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    link.gone(message.get("code", 1005))
+                    return
+                text = message.get("text")
+                if text is None:
+                    slots.release()
+                    error = InvalidRequest(
+                        "send each call as a text message holding a JSON object",
+                        [{"detail": "binary messages are not supported", "pointer": "#"}],
+                    )
+                    await link.outbox.put(self._error(None, error, None)[0])
+                    continue
+                data = text.encode("utf-8")
+                if len(data) > most:
+                    link.end(too_big(len(data), most))
+                    return
+                self.in_flight += 1
+                self._note_in_flight(self.in_flight)
+                group.create_task(self._call(data))
+
+    async def _call(self, data: bytes) -> None:
+        ident: Any = None
+        backend: Backend | None = None
+        started = time.perf_counter()
+        try:
+            try:
+                body = parse_json(data)
+                if type(body) is dict:
+                    ident = body.pop("id", _MISSING)
+                    if ident is _MISSING:
+                        ident = None
+                        raise InvalidRequest(
+                            "a call needs an 'id', echoed in its reply",
+                            [{"detail": "'id' is required", "pointer": "#/id"}],
+                        )
+                call = parse_call(body)
+                backend = self.state.backend_for(self.principal, call.backend)
+                answer = await run_call(self.state, backend, call)
+                reply = _dumps({"id": ident, "result": answer["result"]})
+                status = 200
+            except Exception as exc:
+                reply, status = self._error(ident, exc, backend)
+            self.state.metrics.observe_request(
+                CALLS_ROUTE,
+                backend.name if backend is not None else "",
+                status,
+                time.perf_counter() - started,
+            )
+            await self.link.outbox.put(reply)
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
+
+    def _error(self, ident: Any, exc: Exception, backend: Backend | None) -> tuple[str, int]:
+        """The error reply for ``exc`` (the problem object of the REST API), and its status."""
+        row, problem, _ = problem_object(
+            exc,
+            instance=CALLS_ROUTE,
+            request_id=self.link.request_id,
+            backend=backend.name if backend is not None else None,
+        )
+        if row is INTERNAL_ERROR:
+            logger.error(
+                "websocket call failed (request id %s)", self.link.request_id, exc_info=exc
+            )
+        return _dumps({"id": ident, "error": problem}), row.status
