@@ -9,6 +9,7 @@ pooled connection that closes is counted under a reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -99,12 +100,10 @@ async def _poison_run(
 
     async def poison() -> None:
         while loop.time() < end:
-            try:
+            with contextlib.suppress(CallTimeout, CallInterrupted, AcquireTimeout):
                 await pool.call(
                     {"op": "stream", "count": 20, "value": "POISON", "delay": 0.02}, timeout=5
                 )
-            except (CallTimeout, CallInterrupted, AcquireTimeout):
-                pass
 
     async def victim() -> None:
         nonlocal calls
