@@ -53,7 +53,7 @@ import socket
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .addresses import Address, AddressLike, parse_address
@@ -72,7 +72,7 @@ from .errors import (
     PoolOverloaded,
     ProtocolError,
 )
-from .frames import DEFAULT_MAX_FRAME
+from .pool_settings import PoolSettings
 from .unpickler import make_dumps, make_loads
 
 __all__ = ["Pool", "PoolSettings"]
@@ -89,48 +89,6 @@ _AUTH_BACKOFF_CAP = 300.0
 _HOUSEKEEPING_INTERVAL = 1.0
 #: Error kinds of a failed handshake (a wrong key, or none where one is needed).
 _HANDSHAKE_KINDS: Final = frozenset({"auth", "handshake", "handshake_timeout"})
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSettings:
-    """Limits and timeouts of a pool; every one has a default. Times are seconds."""
-
-    #: Connections per backend address (replica).
-    max_connections: int = 8
-    #: Longest wait for a free connection before :class:`AcquireTimeout`.
-    acquire_timeout: float = 10.0
-    #: Default bound on one call (acquire, send and receive).
-    call_timeout: float = 30.0
-    connect_timeout: float = 5.0
-    #: After this, a silent handshake is treated as "busy server" (see module doc).
-    handshake_timeout: float = 5.0
-    #: Idle connections older than this are closed.
-    idle_timeout: float = 300.0
-    #: Connections older than this are closed when next idle.
-    max_lifetime: float = 3600.0
-    #: Callers that may wait for a connection; past it, :class:`PoolOverloaded` at once.
-    max_waiters: int = 1000
-    #: How long a late reply is awaited after a timeout before the connection is closed.
-    drain_timeout: float = 60.0
-    #: Default grace period of :meth:`Pool.close` for calls in flight.
-    close_grace: float = 10.0
-    #: How often host names are resolved again.
-    dns_interval: float = 5.0
-    max_frame: int = DEFAULT_MAX_FRAME
-    allow_md5: bool = True
-    pickle_protocol: int = 4
-    #: Extra ``"module:qualname"`` entries for the unpickler's allowlist.
-    allowlist: tuple[str, ...] = ()
-    #: Encoding of Python 2 byte strings in pickles (``"bytes"`` keeps them bytes).
-    py2_encoding: str = "utf-8"
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-                raise ValueError(f"{f.name} must be positive, not {value!r}")
-        if not 0 <= self.pickle_protocol <= 5:
-            raise ValueError(f"pickle_protocol must be 0..5, not {self.pickle_protocol}")
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:
