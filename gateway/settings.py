@@ -95,6 +95,9 @@ from connbridge.pool_settings import PoolSettings, field_problem
 
 __all__ = [
     "CONFIG_ENV",
+    "GATEWAY_WIDE_POOL_FIELDS",
+    "POOL_KEYS",
+    "RENAMED_BACKEND_KEYS",
     "ApiKeySettings",
     "AuthSettings",
     "BackendSettings",
@@ -224,6 +227,8 @@ RENAMED_BACKEND_KEYS: Final[Mapping[str, str]] = {"timeout": "call_timeout"}
 POOL_KEYS: Final = tuple(
     f.name for f in dataclasses.fields(PoolSettings) if f.name not in GATEWAY_WIDE_POOL_FIELDS
 )
+# Where a backend's authkey may come from, but for the literal ``authkey``.
+_AUTHKEY_SOURCES: Final = ("authkey_env", "authkey_file")
 
 
 class _BackendTable(_Section):
@@ -282,6 +287,8 @@ class _BackendTable(_Section):
         _ = self.pool
         return self
 
+    # Made once, when the table is validated. (Like any pydantic model, a
+    # model_copy(update=...) is not validated, and keeps this stale.)
     @cached_property
     def pool(self) -> PoolSettings:
         """This backend's pool settings (``close_grace`` left at its default).
@@ -290,9 +297,6 @@ class _BackendTable(_Section):
             ValueError: the keys break a rule of :class:`PoolSettings` together.
         """
         return PoolSettings(**{name: getattr(self, name) for name in POOL_KEYS})
-
-
-_AUTHKEY_SOURCES: Final = ("authkey_env", "authkey_file")
 
 
 def _pool_key(f: dataclasses.Field[Any], annotation: Any) -> tuple[Any, Any]:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import textwrap
+import tomllib
 import typing
 from pathlib import Path
 
@@ -261,3 +262,16 @@ async def test_each_pool_is_built_from_its_table(tmp_path):
         assert pool.settings.close_grace == 2.0
     finally:
         await state.close()
+
+
+def test_the_readme_shows_every_pool_key_with_its_default():
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Configuration\n", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    table = tomllib.loads(block)["backends"]["adder"]
+    shown = {key: value for key, value in table.items() if key in POOL_KEYS}
+    defaults = PoolSettings()
+    assert shown == {
+        name: list(v) if isinstance(v := getattr(defaults, name), tuple) else v
+        for name in POOL_KEYS
+    }
