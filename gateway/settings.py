@@ -507,12 +507,13 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Load the configuration file at ``path`` (or ``$CONNBRIDGE_CONFIG``), then the environment.
 
     With neither, only defaults and environment variables apply (no backends
-    unless the environment defines some). Backend authkeys are read here.
+    unless the environment defines some). Authkeys are not read here but by
+    :func:`read_authkeys`, when the app's state is built.
 
     Raises:
         ConfigError: the file cannot be read or parsed, a key is unknown or
-            has a bad value, or an authkey cannot be read. The message names
-            the file (or environment variable) and the key.
+            has a bad value, or a table names a backend that does not exist.
+            The message names the file (or environment variable) and the key.
     """
     env = os.environ
     if path is None:
