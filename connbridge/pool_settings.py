@@ -51,7 +51,7 @@ def _pickle_protocol(value: object) -> str | None:
 def _allowlist(value: object) -> str | None:
     # Imported now, so an entry that cannot be resolved is refused when the
     # settings are made instead of failing the first call.
-    if not isinstance(value, tuple) or not all(isinstance(entry, str) for entry in value):
+    if not isinstance(value, tuple | list) or not all(isinstance(entry, str) for entry in value):
         return "must be a sequence of 'module:qualname' strings"
     for entry in value:
         try:

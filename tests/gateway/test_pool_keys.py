@@ -200,6 +200,9 @@ def test_pool_settings_refuse_what_the_gateway_refuses():
         with pytest.raises(ValueError) as info:
             PoolSettings(**kwargs)
         assert str(info.value).startswith(start), info.value
+    # What the library accepted before is still accepted.
+    assert PoolSettings(allowlist=["collections:Counter"]).allowlist == ["collections:Counter"]
+    assert PoolSettings(py2_encoding="bytes", pickle_protocol=0).pickle_protocol == 0
 
 
 class TestTheOldNameOfCallTimeout:
