@@ -313,7 +313,7 @@ log_level = "{log_level}"
 [backends.demo]
 address = "{backend.address}"
 authkey_env = "{AUTHKEY_ENV}"
-timeout = 60.0
+call_timeout = 60.0
 """,
         encoding="utf-8",
     )

@@ -30,6 +30,7 @@ from .errors import (
 )
 from .frames import DEFAULT_MAX_FRAME, FrameDecoder, frame_header
 from .handshake import CHALLENGE, MAX_HANDSHAKE_MESSAGE, ClientHandshake, ServerHandshake
+from .pool_settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT
 from .unpickler import loads as allowlist_loads
 from .unpickler import make_dumps
 
@@ -42,8 +43,6 @@ __all__ = [
     "open_connection",
 ]
 
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 #: How long :meth:`Connection.close` waits for the peer's EOF after ours.
 DEFAULT_CLOSE_TIMEOUT = 5.0
 # While nobody is reading, stop reading from the socket past this many

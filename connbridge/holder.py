@@ -64,9 +64,9 @@ class Owner(Protocol):
 
     def count_close(self, reason: str) -> None: ...
 
-    def count_violation(self, replica: Replica) -> None: ...
+    def count_violation(self, replica: Replica[Holder]) -> None: ...
 
-    def reuse_ended(self, replica: Replica) -> None: ...
+    def reuse_ended(self, replica: Replica[Holder]) -> None: ...
 
     def came_back(self, holder: Holder) -> None: ...
 
@@ -87,7 +87,9 @@ class Holder:
         "state",
     )
 
-    def __init__(self, conn: Connection, replica: Replica, owner: Owner, now: float) -> None:
+    def __init__(
+        self, conn: Connection, replica: Replica[Holder], owner: Owner, now: float
+    ) -> None:
         self.conn = conn
         self.replica = replica
         self._owner = owner

@@ -83,8 +83,7 @@ import socket
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, Final, Literal, TypedDict
+from typing import Any, Final, TypedDict
 
 from .addresses import Address, AddressLike, parse_address
 from .connection import Connection, open_connection
@@ -103,8 +102,8 @@ from .errors import (
     PoolOverloaded,
     ProtocolError,
 )
-from .frames import DEFAULT_MAX_FRAME
 from .holder import Holder, HolderState, Lease
+from .pool_settings import PoolSettings
 from .replica import BACKOFF_BASE, Replica, ReplicaState, ReplicaView, Reuse
 from .unpickler import make_dumps, make_loads
 
@@ -116,59 +115,6 @@ logger = logging.getLogger(__name__)
 _HOUSEKEEPING_INTERVAL = 1.0
 #: Error kinds of a failed handshake (a wrong key, or none where one is needed).
 _HANDSHAKE_KINDS: Final = frozenset({"auth", "handshake", "handshake_timeout"})
-_REPLIES: Final = ("one", "many")
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSettings:
-    """Limits and timeouts of a pool; every one has a default. Times are seconds."""
-
-    #: Connections per backend address (replica).
-    max_connections: int = 8
-    #: Longest wait for a free connection before :class:`AcquireTimeout`.
-    acquire_timeout: float = 10.0
-    #: Default bound on one call (acquire, send and receive).
-    call_timeout: float = 30.0
-    connect_timeout: float = 5.0
-    #: After this, a silent handshake is treated as "busy server" (see module doc).
-    handshake_timeout: float = 5.0
-    #: Idle connections older than this are closed.
-    idle_timeout: float = 300.0
-    #: Connections older than this are closed when next idle.
-    max_lifetime: float = 3600.0
-    #: Callers that may wait for a connection; past it, :class:`PoolOverloaded` at once.
-    max_waiters: int = 1000
-    #: How long a late reply is awaited after a timeout before the connection is closed.
-    drain_timeout: float = 60.0
-    #: Drains per address that do not take a call slot (see module doc).
-    max_draining: int = 4
-    #: ``"one"`` reply per message, or ``"many"`` (see module doc).
-    replies: Literal["one", "many"] = "one"
-    #: Quiet time after a reply that shows whether more replies follow (see module doc).
-    settle_time: float = 0.05
-    #: How often each connection sits through that quiet time again under load.
-    quiet_check_interval: float = 2.0
-    #: Default grace period of :meth:`Pool.close` for calls in flight.
-    close_grace: float = 10.0
-    #: How often host names are resolved again.
-    dns_interval: float = 5.0
-    max_frame: int = DEFAULT_MAX_FRAME
-    allow_md5: bool = True
-    pickle_protocol: int = 4
-    #: Extra ``"module:qualname"`` entries for the unpickler's allowlist.
-    allowlist: tuple[str, ...] = ()
-    #: Encoding of Python 2 byte strings in pickles (``"bytes"`` keeps them bytes).
-    py2_encoding: str = "utf-8"
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-                raise ValueError(f"{f.name} must be positive, not {value!r}")
-        if not 0 <= self.pickle_protocol <= 5:
-            raise ValueError(f"pickle_protocol must be 0..5, not {self.pickle_protocol}")
-        if self.replies not in _REPLIES:
-            raise ValueError(f'replies must be "one" or "many", not {self.replies!r}')
 
 
 class PoolHealth(TypedDict, total=False):
@@ -237,7 +183,7 @@ class Pool:
         self._authkey = authkey
         self._loads = make_loads(self.settings.allowlist, encoding=self.settings.py2_encoding)
         self._dumps = make_dumps(self.settings.pickle_protocol)
-        self._replicas: dict[str, Replica] = {}
+        self._replicas: dict[str, Replica[Holder]] = {}
         self._waiters: deque[asyncio.Future[Holder | None]] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -285,7 +231,7 @@ class Pool:
     def quiet_check_interval(self) -> float:
         return self.settings.quiet_check_interval
 
-    def reuse_ended(self, replica: Replica) -> None:
+    def reuse_ended(self, replica: Replica[Holder]) -> None:
         """An address's connections are no longer reused: close its idle ones now.
 
         They may hold replies shifted by the same backend; those in use are
@@ -304,7 +250,7 @@ class Pool:
     def count_close(self, reason: str) -> None:
         self._closed_by[reason] += 1
 
-    def count_violation(self, replica: Replica) -> None:
+    def count_violation(self, replica: Replica[Holder]) -> None:
         self._violations += 1
         replica.errors["stray_reply"] += 1
 
@@ -669,7 +615,7 @@ class Pool:
     def _take_idle(self) -> Holder | None:
         """Check out an idle connection on the address with the fewest calls in flight."""
         while True:
-            best: Replica | None = None
+            best: Replica[Holder] | None = None
             for replica in self._replicas.values():
                 if replica.idle and (best is None or replica.in_use < best.in_use):
                     best = replica
@@ -739,7 +685,7 @@ class Pool:
 
     # health
 
-    def _live_replicas(self) -> list[Replica]:
+    def _live_replicas(self) -> list[Replica[Holder]]:
         return [r for r in self._replicas.values() if not r.stale]
 
     def _has_hope(self) -> bool:
@@ -763,16 +709,16 @@ class Pool:
             handshake_failed=bool(failed) and all(r.error_kind in _HANDSHAKE_KINDS for r in failed),
         )
 
-    def _count_error(self, replica: Replica, kind: str) -> None:
+    def _count_error(self, replica: Replica[Holder], kind: str) -> None:
         self._errors[kind] += 1
         replica.errors[kind] += 1
 
-    def _mark_up(self, replica: Replica) -> None:
+    def _mark_up(self, replica: Replica[Holder]) -> None:
         if replica.mark_up():
             logger.info("backend %s: %s is up again", self.name, replica.address)
             self._wake_waiters()
 
-    def _mark_down(self, replica: Replica, exc: BaseException, kind: str) -> None:
+    def _mark_down(self, replica: Replica[Holder], exc: BaseException, kind: str) -> None:
         delay = replica.mark_down(str(exc), kind, auth=isinstance(exc, AuthenticationError))
         self._errors[kind] += 1
         logger.warning(
@@ -787,7 +733,7 @@ class Pool:
         if not self._has_hope():
             self._fail_waiters(self._unavailable())
 
-    async def _probe(self, replica: Replica) -> None:
+    async def _probe(self, replica: Replica[Holder]) -> None:
         """Reconnect to an ejected address after its backoff; the connection joins the pool."""
         try:
             while not self._closed and replica.state is ReplicaState.DOWN and not replica.stale:
@@ -827,12 +773,12 @@ class Pool:
         replica = min(candidates, key=lambda r: (r.in_use + r.established, r.failures))
         self._open_soon(replica, reason="demand")
 
-    def _open_soon(self, replica: Replica, *, reason: str) -> asyncio.Task[None]:
+    def _open_soon(self, replica: Replica[Holder], *, reason: str) -> asyncio.Task[None]:
         """Reserve the opening slot now (so concurrent callers see it), connect in a task."""
         replica.open_started()
         return self.spawn(self._open(replica, reason=reason))
 
-    async def _open(self, replica: Replica, *, reason: str) -> None:
+    async def _open(self, replica: Replica[Holder], *, reason: str) -> None:
         """Open one pooled connection to ``replica`` (its opening slot is
         already reserved); failures mark the address down."""
         try:
@@ -843,14 +789,14 @@ class Pool:
         self._adopt(conn, replica)
         self._grow()
 
-    def _adopt(self, conn: Connection, replica: Replica) -> None:
+    def _adopt(self, conn: Connection, replica: Replica[Holder]) -> None:
         """A new authenticated connection (already counted as established) joins the pool."""
         self._opened += 1
         holder = Holder(conn, replica, self, time.monotonic())
         self.came_back(holder)
 
     async def _connect(
-        self, replica: Replica, *, pooled: bool, reserved: bool = False
+        self, replica: Replica[Holder], *, pooled: bool, reserved: bool = False
     ) -> Connection:
         """Connect and authenticate, accounting for the result on ``replica``.
 
@@ -893,7 +839,7 @@ class Pool:
             replica.open_ended(established=established)
 
     def _handshake_result(
-        self, replica: Replica, conn: Connection, handshake: asyncio.Future[None]
+        self, replica: Replica[Holder], conn: Connection, handshake: asyncio.Future[None]
     ) -> bool:
         """True if the handshake worked; otherwise the address is marked down and it raises."""
         exc = handshake.exception()
@@ -910,7 +856,7 @@ class Pool:
         raise exc
 
     def _handshake_stalled(
-        self, replica: Replica, conn: Connection, handshake: asyncio.Future[None]
+        self, replica: Replica[Holder], conn: Connection, handshake: asyncio.Future[None]
     ) -> ConnbridgeError:
         """Keep a silent handshake until the server gets to it; return the error to raise."""
         working = replica.established > 0
@@ -942,7 +888,7 @@ class Pool:
         return error
 
     async def _finish_late(
-        self, replica: Replica, conn: Connection, handshake: asyncio.Future[None]
+        self, replica: Replica[Holder], conn: Connection, handshake: asyncio.Future[None]
     ) -> None:
         """Wait, with no time limit, for the server to reach a silent handshake.
 
@@ -1030,7 +976,7 @@ class Pool:
         for key, (resolved, source) in found.items():
             existing = self._replicas.get(key)
             if existing is None:
-                self._replicas[key] = Replica(resolved, source)
+                self._replicas[key] = Replica[Holder](resolved, source)
             elif existing.stale:
                 existing.stale = False
         for key, replica in self._replicas.items():

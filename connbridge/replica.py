@@ -25,14 +25,16 @@ import random
 import time
 from collections import Counter, deque
 from enum import Enum
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Generic, TypedDict, TypeVar
 
 from .addresses import Address
 
 if TYPE_CHECKING:
     import asyncio
 
-    from .holder import Holder
+#: What the pool keeps in a replica's idle list (its holders); generic so
+#: that this module need not import :mod:`connbridge.holder`, which uses it.
+H = TypeVar("H")
 
 __all__ = ["Replica", "ReplicaState", "ReplicaView", "Reuse"]
 
@@ -83,7 +85,7 @@ class ReplicaView(TypedDict, total=False):
     stale: bool
 
 
-class Replica:
+class Replica(Generic[H]):
     """One resolved address of a backend and everything the pool counts for it."""
 
     __slots__ = (
@@ -115,7 +117,7 @@ class Replica:
         #: The configured address this one was resolved from.
         self.source = source
         #: Idle connections, most recently used last.
-        self.idle: deque[Holder] = deque()
+        self.idle: deque[H] = deque()
         self.state = ReplicaState.UNKNOWN
         self.reuse = Reuse.UNPROVEN
         self.capacity: int | None = None

@@ -157,7 +157,7 @@ def _demo_backend(settings: Settings) -> Iterator[Settings]:
         raise _UsageError(f"--demo: cannot start the demo backend: {exc}") from None
     try:
         backend = BackendSettings.model_validate(
-            {"address": demo.address, "authkey": SecretStr(key), "timeout": 30.0}
+            {"address": demo.address, "authkey": SecretStr(key), "call_timeout": 30.0}
         )
         gateway = settings.gateway.model_copy(update={"default_backend": DEMO_BACKEND})
         yield settings.model_copy(

@@ -42,7 +42,7 @@ EXAMPLE_CONFIG: Final[dict[str, Any]] = {
     "backends": {
         "adder": {
             "address": "127.0.0.1:11111",
-            "timeout": 5.0,
+            "call_timeout": 5.0,
             "max_connections": 4,
             "payload_schema": {
                 "title": "Two integers to add",

@@ -6,7 +6,7 @@ variable ``CONNBRIDGE_<SECTION>__<KEY>`` (``__`` separates the levels, case
 does not matter)::
 
     CONNBRIDGE_GATEWAY__MAX_BODY_BYTES=65536
-    CONNBRIDGE_BACKENDS__ADDER__TIMEOUT=2.5
+    CONNBRIDGE_BACKENDS__ADDER__CALL_TIMEOUT=2.5
     CONNBRIDGE_GATEWAY__CORS_ORIGINS='["https://app.example"]'
 
 Lists and tables are given as JSON. Because environment names are
@@ -21,7 +21,8 @@ case-insensitive, backends overridden this way must have lower-case names.
     [backends.adder]
     address = "127.0.0.1:11111"   # or a list of addresses: replicas
     authkey_env = "ADDER_AUTHKEY" # or authkey_file = "/run/secrets/adder"
-    timeout = 5.0
+    call_timeout = 5.0
+    max_connections = 4
 
     [[auth.keys]]
     name = "ci"
@@ -32,37 +33,50 @@ Every problem is reported as ``FILE: KEY: MESSAGE`` (for example
 ``connbridge.toml: backends.adder.address: ...``) through :class:`ConfigError`,
 and the command line exits with status 2 before serving anything.
 
-Backend authkeys are read when the configuration is loaded (so a missing
-environment variable is a configuration error, not a failure at the first
-request) and are kept out of every ``repr``, log line and response: only
-:meth:`BackendSettings.authkey_bytes` hands them out, to the pool.
+A backend's pool keys are not declared here: :class:`BackendSettings` has
+one key per field of :class:`~connbridge.pool.PoolSettings` (``POOL_KEYS``:
+all but ``GATEWAY_WIDE_POOL_FIELDS``), with its type, default and rule, and
+hands them to the pool as ``backend.pool``. A field added to the pool's
+settings is a key of every backend table, and of the environment, at once.
+``timeout``, the old name of ``call_timeout``, is still read, with a
+``DeprecationWarning``.
+
+Backend authkeys are read by :func:`read_authkeys` when the app's state is
+built (so a missing environment variable stops the start-up, not the first
+request), and are kept out of every ``repr``, log line and response.
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
 import tomllib
+import typing
+import warnings
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import jsonschema
 import jsonschema.exceptions
 from pydantic import (
+    AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
-    PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -77,11 +91,13 @@ from pydantic_settings import (
 from connbridge.addresses import Address, parse_address
 from connbridge.codec import DEFAULT_MAX_RESULT_BYTES
 from connbridge.errors import AddressError, ConnbridgeError
-from connbridge.pool import PoolSettings
-from connbridge.unpickler import resolve_entry
+from connbridge.pool_settings import PoolSettings, field_problem
 
 __all__ = [
     "CONFIG_ENV",
+    "GATEWAY_WIDE_POOL_FIELDS",
+    "POOL_KEYS",
+    "RENAMED_BACKEND_KEYS",
     "ApiKeySettings",
     "AuthSettings",
     "BackendSettings",
@@ -90,6 +106,7 @@ __all__ = [
     "Settings",
     "WebSocketSettings",
     "load_settings",
+    "read_authkeys",
 ]
 
 logger = logging.getLogger("connbridge.gateway")
@@ -199,36 +216,59 @@ class GatewaySettings(_Section):
         return self
 
 
-_POOL = PoolSettings()
+#: ``PoolSettings`` fields that are not set per backend, and why.
+GATEWAY_WIDE_POOL_FIELDS: Final[Mapping[str, str]] = {
+    "close_grace": "every pool gets [gateway] shutdown_grace",
+}
+#: Old spellings of backend keys: still read, with a ``DeprecationWarning``.
+RENAMED_BACKEND_KEYS: Final[Mapping[str, str]] = {"timeout": "call_timeout"}
+#: The pool's own keys in a ``[backends.NAME]`` table: every other field of
+#: :class:`~connbridge.pool.PoolSettings`.
+POOL_KEYS: Final = tuple(
+    f.name for f in dataclasses.fields(PoolSettings) if f.name not in GATEWAY_WIDE_POOL_FIELDS
+)
+# Where a backend's authkey may come from, but for the literal ``authkey``.
+_AUTHKEY_SOURCES: Final = ("authkey_env", "authkey_file")
 
 
-class BackendSettings(_Section):
-    """A ``[backends.NAME]`` table: one Listener server (or a set of replicas)."""
+class _BackendTable(_Section):
+    """A ``[backends.NAME]`` table: one Listener server (or a set of replicas).
+
+    The keys declared here are the gateway's; :data:`BackendSettings` adds
+    one key per name in ``POOL_KEYS``, read back as :attr:`pool`.
+    """
 
     address: Addresses
     authkey_env: str | None = None
     authkey_file: Path | None = None
     #: A key written in the file itself: works, but is logged as a warning.
     authkey: SecretStr | None = None
-    # Defaults come from the pool's own settings, so the two never disagree.
-    #: Seconds per call; a request may ask for less, never for more.
-    timeout: PositiveFloat = _POOL.call_timeout
-    max_connections: PositiveInt = _POOL.max_connections
-    pickle_protocol: Annotated[int, Field(ge=0, le=5)] = _POOL.pickle_protocol
     payload_schema: dict[str, Any] | None = None
-    allowlist: tuple[str, ...] = _POOL.allowlist
-    py2_encoding: str = _POOL.py2_encoding
-    allow_md5: bool = _POOL.allow_md5
-    connect_timeout: PositiveFloat = _POOL.connect_timeout
-    handshake_timeout: PositiveFloat = _POOL.handshake_timeout
-    acquire_timeout: PositiveFloat = _POOL.acquire_timeout
-    max_waiters: PositiveInt = _POOL.max_waiters
-    idle_timeout: PositiveFloat = _POOL.idle_timeout
-    max_lifetime: PositiveFloat = _POOL.max_lifetime
-    max_frame: PositiveInt = _POOL.max_frame
 
-    _authkey: bytes | None = PrivateAttr(default=None)
-    _resolved: bool = PrivateAttr(default=False)
+    @model_validator(mode="before")
+    @classmethod
+    def _old_spellings(cls, data: Any) -> Any:
+        # The old name is an alias of the new one (so a problem names the key
+        # as written); here it is only warned about.
+        if isinstance(data, Mapping):
+            for old, new in RENAMED_BACKEND_KEYS.items():
+                if old in data and new in data:
+                    raise ValueError(f"{old} is the old name of {new}: set only {new}")
+                if old in data:
+                    warnings.warn(
+                        f"the backend key {old!r} is deprecated; write {new!r}",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
+        return data
+
+    # Fields are validated in order, so the second source given is the one named.
+    @field_validator("authkey_file", "authkey")
+    @classmethod
+    def _one_authkey_source(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None and any(info.data.get(name) is not None for name in _AUTHKEY_SOURCES):
+            raise ValueError("set only one of authkey_env, authkey_file and authkey")
+        return value
 
     @field_validator("payload_schema")
     @classmethod
@@ -241,76 +281,65 @@ class BackendSettings(_Section):
                 raise ValueError(f"not a valid JSON Schema (at {where}): {exc.message}") from None
         return value
 
-    @field_validator("allowlist")
-    @classmethod
-    def _importable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        # Imported now, so an entry that cannot be resolved stops the start-up
-        # instead of failing the first call.
-        for entry in value:
-            try:
-                resolve_entry(entry)
-            except ValueError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+    @model_validator(mode="after")
+    def _pool_as_a_whole(self) -> _BackendTable:
+        # Each key passed its own rule; a rule that spans keys shows here.
+        _ = self.pool
+        return self
 
-    @field_validator("py2_encoding")
-    @classmethod
-    def _known_encoding(cls, value: str) -> str:
-        if value != "bytes":
-            try:
-                codecs.lookup(value)
-            except LookupError:
-                raise ValueError(f"unknown encoding {value!r}") from None
-        return value
-
-    def resolve_authkey(self, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-        """Read the authkey from where the settings say; return ``(key, problem)`` on failure.
-
-        Called by :func:`load_settings`; idempotent.
-        """
-        if self._resolved:
-            return None
-        env = os.environ if environ is None else environ
-        sources = [
-            name
-            for name in ("authkey_env", "authkey_file", "authkey")
-            if getattr(self, name) is not None
-        ]
-        if len(sources) > 1:
-            return sources[1], "set only one of authkey_env, authkey_file and authkey"
-        key: bytes | None = None
-        if self.authkey_env is not None:
-            text = env.get(self.authkey_env)
-            if not text:
-                return "authkey_env", f"environment variable {self.authkey_env} is unset or empty"
-            key = os.fsencode(text)
-        elif self.authkey_file is not None:
-            try:
-                key = self.authkey_file.read_bytes()
-            except OSError as exc:
-                return "authkey_file", f"cannot read {self.authkey_file}: {exc.strerror}"
-            # Secret files usually end with the newline an editor or echo added.
-            key = key.rstrip(b"\r\n")
-            if not key:
-                return "authkey_file", f"{self.authkey_file} is empty"
-        elif self.authkey is not None:
-            key = self.authkey.get_secret_value().encode("utf-8")
-            if not key:
-                return "authkey", "the key is empty"
-        self._authkey = key
-        self._resolved = True
-        return None
-
-    def authkey_bytes(self) -> bytes | None:
-        """The authkey for the pool; ``None`` means the backend expects none.
+    # Made once, when the table is validated. (Like any pydantic model, a
+    # model_copy(update=...) is not validated, and keeps this stale.)
+    @cached_property
+    def pool(self) -> PoolSettings:
+        """This backend's pool settings (``close_grace`` left at its default).
 
         Raises:
-            ConfigError: the key cannot be read (see :meth:`resolve_authkey`).
+            ValueError: the keys break a rule of :class:`PoolSettings` together.
         """
-        problem = self.resolve_authkey()
+        return PoolSettings(**{name: getattr(self, name) for name in POOL_KEYS})
+
+
+def _pool_key(f: dataclasses.Field[Any], annotation: Any) -> tuple[Any, Any]:
+    """The pydantic field of one ``PoolSettings`` field: its type, default, rule and old names."""
+
+    def check(value: object) -> object:
+        problem = field_problem(f.name, value)
         if problem is not None:
-            raise ConfigError("configuration", [problem])
-        return self._authkey
+            raise ValueError(problem)
+        return value
+
+    old_names = [old for old, new in RENAMED_BACKEND_KEYS.items() if new == f.name]
+    alias = AliasChoices(f.name, *old_names) if old_names else None
+    if f.default_factory is not dataclasses.MISSING:
+        info = Field(default_factory=f.default_factory, validation_alias=alias)
+    elif f.default is not dataclasses.MISSING:
+        info = Field(default=f.default, validation_alias=alias)
+    else:
+        info = Field(validation_alias=alias)
+    return Annotated[annotation, AfterValidator(check)], info
+
+
+def _backend_settings() -> type[_BackendTable]:
+    annotations = typing.get_type_hints(PoolSettings)
+    keys: dict[str, Any] = {
+        f.name: _pool_key(f, annotations[f.name])
+        for f in dataclasses.fields(PoolSettings)
+        if f.name in POOL_KEYS
+    }
+    return create_model(
+        "BackendSettings",
+        __base__=_BackendTable,
+        __module__=__name__,
+        __doc__=_BackendTable.__doc__,
+        **keys,
+    )
+
+
+if TYPE_CHECKING:
+    # The pool keys are made at run time; typed code reads them from ``.pool``.
+    BackendSettings = _BackendTable
+else:
+    BackendSettings = _backend_settings()
 
 
 class ApiKeySettings(_Section):
@@ -478,12 +507,13 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Load the configuration file at ``path`` (or ``$CONNBRIDGE_CONFIG``), then the environment.
 
     With neither, only defaults and environment variables apply (no backends
-    unless the environment defines some). Backend authkeys are read here.
+    unless the environment defines some). Authkeys are not read here but by
+    :func:`read_authkeys`, when the app's state is built.
 
     Raises:
         ConfigError: the file cannot be read or parsed, a key is unknown or
-            has a bad value, or an authkey cannot be read. The message names
-            the file (or environment variable) and the key.
+            has a bad value, or a table names a backend that does not exist.
+            The message names the file (or environment variable) and the key.
     """
     env = os.environ
     if path is None:
@@ -514,17 +544,78 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             problems.append((key, _describe(error)))
         raise ConfigError(source, problems) from None
     problems = settings.cross_check()
+    if problems:
+        raise ConfigError(source, problems)
     for name, backend in settings.backends.items():
-        problem = backend.resolve_authkey(env)
-        if problem is not None:
-            problems.append((f"backends.{name}.{problem[0]}", problem[1]))
-        elif backend.authkey is not None:
+        if backend.authkey is not None:
             logger.warning(
                 "%s: backends.%s.authkey: the key is written in the configuration; "
                 "prefer authkey_env or authkey_file",
                 source,
                 name,
             )
-    if problems:
-        raise ConfigError(source, problems)
     return settings
+
+
+class _Unreadable(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _read_authkey(backend: BackendSettings, environ: Mapping[str, str]) -> bytes | None:
+    if backend.authkey_env is not None:
+        text = environ.get(backend.authkey_env)
+        if not text:
+            raise _Unreadable(
+                "authkey_env", f"environment variable {backend.authkey_env} is unset or empty"
+            )
+        return os.fsencode(text)
+    if backend.authkey_file is not None:
+        try:
+            key = backend.authkey_file.read_bytes()
+        except OSError as exc:
+            raise _Unreadable(
+                "authkey_file", f"cannot read {backend.authkey_file}: {exc.strerror}"
+            ) from None
+        # Secret files usually end with the newline an editor or echo added.
+        key = key.rstrip(b"\r\n")
+        if not key:
+            raise _Unreadable("authkey_file", f"{backend.authkey_file} is empty")
+        return key
+    if backend.authkey is not None:
+        key = backend.authkey.get_secret_value().encode("utf-8")
+        if not key:
+            raise _Unreadable("authkey", "the key is empty")
+        return key
+    return None
+
+
+def read_authkeys(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> dict[str, bytes | None]:
+    """Check the settings as a whole, then read every backend's authkey, by backend name.
+
+    The one collector of the problems that the tables cannot find alone, and
+    the one place authkeys are read: :class:`gateway.state.GatewayState` calls
+    it once, when it is built, so that a missing variable or key file stops
+    the start-up instead of the first call. ``None`` means that backend
+    expects no key. The keys are kept out of every ``repr`` and log line.
+
+    Raises:
+        ConfigError: ``default_backend`` or an API key names no backend
+            (:meth:`Settings.cross_check`), or authkeys cannot be read; all
+            of them in one error.
+    """
+    env = os.environ if environ is None else environ
+    problems = settings.cross_check()
+    keys: dict[str, bytes | None] = {}
+    for name, backend in settings.backends.items():
+        try:
+            keys[name] = _read_authkey(backend, env)
+        except _Unreadable as exc:
+            problems.append((f"backends.{name}.{exc.key}", exc.message))
+    if problems:
+        raise ConfigError("configuration", problems)
+    return keys

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonschema
@@ -22,7 +22,7 @@ from connbridge.pool import Pool, PoolSettings
 from .auth import KeyRing, Principal
 from .metrics import GatewayMetrics
 from .problems import InvalidRequest, UnknownBackend, pointer
-from .settings import BackendSettings, ConfigError, Settings
+from .settings import BackendSettings, Settings, read_authkeys
 
 __all__ = ["RESULT_MAX_DEPTH", "Backend", "GatewayState", "pool_settings"]
 
@@ -34,23 +34,8 @@ RESULT_MAX_DEPTH = 250
 
 
 def pool_settings(backend: BackendSettings, *, close_grace: float) -> PoolSettings:
-    """The pool's settings for one ``[backends.NAME]`` table."""
-    return PoolSettings(
-        max_connections=backend.max_connections,
-        acquire_timeout=backend.acquire_timeout,
-        call_timeout=backend.timeout,
-        connect_timeout=backend.connect_timeout,
-        handshake_timeout=backend.handshake_timeout,
-        idle_timeout=backend.idle_timeout,
-        max_lifetime=backend.max_lifetime,
-        max_waiters=backend.max_waiters,
-        close_grace=max(close_grace, 0.001),
-        max_frame=backend.max_frame,
-        allow_md5=backend.allow_md5,
-        pickle_protocol=backend.pickle_protocol,
-        allowlist=backend.allowlist,
-        py2_encoding=backend.py2_encoding,
-    )
+    """The pool's settings for one ``[backends.NAME]`` table and ``[gateway] shutdown_grace``."""
+    return replace(backend.pool, close_grace=max(close_grace, 0.001))
 
 
 @dataclass(eq=False, slots=True)
@@ -65,7 +50,7 @@ class Backend:
 
     @property
     def timeout(self) -> float:
-        return self.settings.timeout
+        return self.settings.pool.call_timeout
 
     def running_pool(self) -> Pool:
         """The pool; raises ``RuntimeError`` before the app's lifespan started it."""
@@ -87,25 +72,18 @@ class GatewayState:
         self.settings = settings
         self.keys = KeyRing(settings.auth.keys)
         self.default_backend = settings.default_backend
-        problems = settings.cross_check()
-        for name, backend in settings.backends.items():
-            problem = backend.resolve_authkey()
-            if problem is not None:
-                problems.append((f"backends.{name}.{problem[0]}", problem[1]))
-        if problems:
-            raise ConfigError("configuration", problems)
+        authkeys = read_authkeys(settings)
         self.backends: dict[str, Backend] = {}
         for name, backend in settings.backends.items():
             validator = None
             if backend.payload_schema is not None:
                 cls = jsonschema.validators.validator_for(backend.payload_schema)
                 validator = cls(backend.payload_schema)
-            self.backends[name] = Backend(name, backend, validator, backend.authkey_bytes())
+            self.backends[name] = Backend(name, backend, validator, authkeys[name])
         self.metrics = GatewayMetrics(self.pools)
         self.max_depth = settings.gateway.max_depth
         self.result_max_depth = min(settings.gateway.max_depth, RESULT_MAX_DEPTH)
         self.max_result_bytes = settings.gateway.max_result_bytes
-        self.started = False
 
     def pools(self) -> dict[str, Pool]:
         """The running pools by backend name (empty before start)."""
@@ -122,7 +100,6 @@ class GatewayState:
                 name=backend.name,
             )
         await asyncio.gather(*(pool.start() for pool in self.pools().values()))
-        self.started = True
         for name, pool in self.pools().items():
             logger.info(
                 "backend %s: %s (%s)",
@@ -182,9 +159,9 @@ class GatewayState:
                     "name": name,
                     "default": name == self.default_backend,
                     "addresses": [str(a) for a in backend.settings.address],
-                    "timeout": backend.settings.timeout,
-                    "max_connections": backend.settings.max_connections,
-                    "pickle_protocol": backend.settings.pickle_protocol,
+                    "timeout": backend.settings.pool.call_timeout,
+                    "max_connections": backend.settings.pool.max_connections,
+                    "pickle_protocol": backend.settings.pool.pickle_protocol,
                     "payload_schema": backend.settings.payload_schema,
                     "health": pool.health() if pool is not None else {"status": "unknown"},
                     "stats": dict(pool.stats()) if pool is not None else {},

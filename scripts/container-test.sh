@@ -201,7 +201,7 @@ default_backend = "adder"
 [backends.adder]
 address = "$backend_address"
 authkey_file = "/run/secrets/connbridge/adder-authkey"
-timeout = 5.0
+call_timeout = 5.0
 max_connections = 2
 EOF
 printf '%s\n' "$authkey" >"$WORK/adder-authkey"

@@ -17,6 +17,7 @@ MODULES = [
     "frames",
     "handshake",
     "pool",
+    "pool_settings",
     "server",
     "unpickler",
 ]

@@ -271,5 +271,5 @@ async def test_shutdown_unwinds_a_stalled_handshake_gently(start_backend) -> Non
 
 
 def test_replies_setting_is_checked() -> None:
-    with pytest.raises(ValueError, match='"one" or "many"'):
+    with pytest.raises(ValueError, match='replies: must be "one" or "many"'):
         PoolSettings(replies="several")  # type: ignore[arg-type]

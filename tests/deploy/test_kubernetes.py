@@ -21,7 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.settings import load_settings
+from gateway.settings import load_settings, read_authkeys
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
@@ -258,7 +258,7 @@ def test_config_loads_with_the_gateways_loader(
     settings = load_settings(config)
 
     assert list(settings.backends) == ["adder"]
-    assert settings.backends["adder"].authkey_bytes() == secret["adder-authkey"].encode()
+    assert read_authkeys(settings)["adder"] == secret["adder-authkey"].encode()
     keys = json.loads(secret["api-keys"])
     assert [k.name for k in settings.auth.keys] == [k["name"] for k in keys]
     # Keys are configured, so the gateway may listen on 0.0.0.0 in the pod.

@@ -210,7 +210,7 @@ async def test_big_integers_stay_exact(settings):
 async def test_request_timeout_is_capped_by_the_backend(demo, tmp_path):
     settings = {
         "gateway": {"shutdown_grace": 0.5},
-        "backends": {"demo": backend_config(demo, tmp_path, timeout=0.3)},
+        "backends": {"demo": backend_config(demo, tmp_path, call_timeout=0.3)},
     }
     async with serve_gateway(settings) as gw:
         started = time.monotonic()

@@ -81,10 +81,10 @@ def test_committed_document_is_valid_openapi():
 
 def test_example_settings_ignore_the_environment(monkeypatch):
     monkeypatch.setenv("CONNBRIDGE_GATEWAY__MAX_BODY_BYTES", "12345")
-    monkeypatch.setenv("CONNBRIDGE_BACKENDS__ADDER__TIMEOUT", "1.5")
+    monkeypatch.setenv("CONNBRIDGE_BACKENDS__ADDER__CALL_TIMEOUT", "1.5")
     settings = example_settings()
     assert settings.gateway.max_body_bytes != 12345
-    assert settings.backends["adder"].timeout == 5.0
+    assert settings.backends["adder"].pool.call_timeout == 5.0
     assert render_openapi(create_app(settings)) == committed_text(), STALE
 
 

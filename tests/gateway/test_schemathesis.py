@@ -58,7 +58,11 @@ def demo() -> Iterator[DemoBackend]:
 
 
 def gateway_settings(demo: DemoBackend, tmp_path: Path, *, keys: bool) -> dict[str, Any]:
-    common = {"address": demo.address, "authkey_file": key_file(tmp_path, AUTHKEY), "timeout": 5.0}
+    common = {
+        "address": demo.address,
+        "authkey_file": key_file(tmp_path, AUTHKEY),
+        "call_timeout": 5.0,
+    }
     settings: dict[str, Any] = {
         "gateway": {"default_backend": "demo"},
         "backends": {"demo": common, "adder": {**common, "payload_schema": PAIR}},

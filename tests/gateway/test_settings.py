@@ -12,7 +12,7 @@ from gateway_support import sha256_hex
 
 from connbridge.addresses import Address
 from gateway.app import create_app
-from gateway.settings import CONFIG_ENV, ConfigError, Settings, load_settings
+from gateway.settings import CONFIG_ENV, ConfigError, Settings, load_settings, read_authkeys
 from gateway.state import pool_settings
 
 FULL = """
@@ -29,7 +29,7 @@ max_depth = 64
 [backends.adder]
 address = "127.0.0.1:11111"
 authkey_env = "ADDER_KEY_FOR_TEST"
-timeout = 5.0
+call_timeout = 5.0
 max_connections = 4
 pickle_protocol = 2
 allowlist = ["collections:Counter"]
@@ -92,7 +92,8 @@ def test_full_configuration(tmp_path):
     assert (gateway.batch_max_requests, gateway.batch_concurrency) == (10, 2)
     adder = settings.backends["adder"]
     assert adder.address == (Address("tcp", host="127.0.0.1", port=11111),)
-    assert adder.authkey_bytes() == b"adder-secret"
+    authkeys = read_authkeys(settings)
+    assert authkeys["adder"] == b"adder-secret"
     assert adder.payload_schema == {"type": "array", "items": {"type": "integer"}}
     replicas = settings.backends["replicas"]
     assert [str(a) for a in replicas.address] == [
@@ -100,7 +101,7 @@ def test_full_configuration(tmp_path):
         "unix:/run/replica.sock",
         "unix:@abstract",
     ]
-    assert replicas.authkey_bytes() == b"replica-secret"  # the newline is not part of it
+    assert authkeys["replicas"] == b"replica-secret"  # the newline is not part of it
     assert settings.auth.keys[0].sha256 == sha256_hex("k")
     pool = pool_settings(adder, close_grace=gateway.shutdown_grace)
     assert (pool.call_timeout, pool.max_connections, pool.pickle_protocol) == (5.0, 4, 2)
@@ -146,7 +147,7 @@ def test_literal_authkey_warns(tmp_path, caplog):
     )
     with caplog.at_level(logging.WARNING):
         settings = load_settings(path)
-    assert settings.backends["b"].authkey_bytes() == b"literal-secret"
+    assert read_authkeys(settings)["b"] == b"literal-secret"
     assert any("backends.b.authkey" in r.getMessage() for r in caplog.records)
     assert all("literal-secret" not in r.getMessage() for r in caplog.records)
 
@@ -158,7 +159,7 @@ def test_defaults_and_single_default_backend(tmp_path):
     assert settings.gateway.allow_anonymous is False
     assert settings.gateway.shutdown_grace == 10
     assert settings.gateway.max_depth == 256
-    assert settings.backends["only"].authkey_bytes() is None
+    assert read_authkeys(settings)["only"] is None
     two = load_settings(
         write(tmp_path, '[backends.a]\naddress = "unix:/a"\n[backends.b]\naddress = "unix:/b"\n')
     )
@@ -179,16 +180,16 @@ def test_environment_overrides(tmp_path, monkeypatch):
         max_body_bytes = 100
         [backends.adder]
         address = "127.0.0.1:1"
-        timeout = 5
+        call_timeout = 5
         """,
     )
     monkeypatch.setenv("CONNBRIDGE_GATEWAY__MAX_BODY_BYTES", "2048")
-    monkeypatch.setenv("CONNBRIDGE_BACKENDS__ADDER__TIMEOUT", "2.5")
+    monkeypatch.setenv("CONNBRIDGE_BACKENDS__ADDER__CALL_TIMEOUT", "2.5")
     monkeypatch.setenv("CONNBRIDGE_BACKENDS__ADDER__ADDRESS", "unix:/run/adder.sock")
     monkeypatch.setenv("CONNBRIDGE_GATEWAY__CORS_ORIGINS", '["http://a.example"]')
     settings = load_settings(path)
     assert settings.gateway.max_body_bytes == 2048
-    assert settings.backends["adder"].timeout == 2.5
+    assert settings.backends["adder"].pool.call_timeout == 2.5
     assert [str(a) for a in settings.backends["adder"].address] == ["unix:/run/adder.sock"]
     assert settings.gateway.cors_origins == ("http://a.example",)
     monkeypatch.setenv("CONNBRIDGE_BACKENDS__ADDER__ADDRESS", '["unix:/a", "127.0.0.1:2"]')
@@ -209,12 +210,15 @@ def test_bad_environment_value_names_the_variable(tmp_path, monkeypatch):
     [
         ('[backends.adder]\naddress = "nope"\n', "backends.adder.address: expected 'host:port'"),
         ("[backends.adder]\naddress = []\n", "backends.adder.address: expected an address"),
-        ("[backends.adder]\ntimeout = 1\n", "backends.adder.address: required key is missing"),
+        ("[backends.adder]\ncall_timeout = 1\n", "backends.adder.address: required key is missing"),
         (
             '[backends.adder]\naddress = "unix:/a"\ntimeot = 1\n',
             "backends.adder.timeot: unknown key",
         ),
-        ('[backends.adder]\naddress = "unix:/a"\ntimeout = -1\n', "backends.adder.timeout: Input"),
+        (
+            '[backends.adder]\naddress = "unix:/a"\ncall_timeout = -1\n',
+            "backends.adder.call_timeout: must be greater than 0",
+        ),
         ("[gatewy]\n", "gatewy: unknown key"),
         ('[backends.adder]\naddress = "unix:/a"\npickle_protocol = 9\n', "pickle_protocol"),
         (
@@ -249,14 +253,6 @@ def test_bad_environment_value_names_the_variable(tmp_path, monkeypatch):
             "auth.keys[0].backends: no backend is named 'ghost'",
         ),
         (
-            '[backends.a]\naddress = "unix:/a"\nauthkey_env = "UNSET_VARIABLE_FOR_TEST"\n',
-            "backends.a.authkey_env: environment variable UNSET_VARIABLE_FOR_TEST is unset",
-        ),
-        (
-            '[backends.a]\naddress = "unix:/a"\nauthkey_file = "/no/such/key"\n',
-            "backends.a.authkey_file: cannot read /no/such/key",
-        ),
-        (
             '[backends.a]\naddress = "unix:/a"\nauthkey_env = "X"\nauthkey = "y"\n',
             "backends.a.authkey: set only one of",
         ),
@@ -278,7 +274,7 @@ def test_every_problem_is_reported(tmp_path):
         foo = 1
         [backends.b]
         address = "unix:/b"
-        timeout = 0
+        call_timeout = 0
         """,
     )
     lines = errors_of(path)
@@ -286,7 +282,7 @@ def test_every_problem_is_reported(tmp_path):
     assert {line.split(": ")[1] for line in lines} == {
         "backends.a.address",
         "backends.a.foo",
-        "backends.b.timeout",
+        "backends.b.call_timeout",
     }
 
 
@@ -304,3 +300,56 @@ def test_create_app_checks_settings_built_in_code(tmp_path):
         create_app(settings)
     with pytest.raises(ConfigError, match="default_backend"):
         create_app(Settings(gateway={"default_backend": "x"}))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[backends.a]\naddress = "unix:/a"\nauthkey_env = "UNSET_VARIABLE_FOR_TEST"\n',
+            "backends.a.authkey_env: environment variable UNSET_VARIABLE_FOR_TEST is unset",
+        ),
+        (
+            '[backends.a]\naddress = "unix:/a"\nauthkey_file = "/no/such/key"\n',
+            "backends.a.authkey_file: cannot read /no/such/key",
+        ),
+    ],
+)
+def test_an_unreadable_authkey_stops_building_the_state(tmp_path, text, expected):
+    # Changed: keys are read once, when the app's state is built, no longer
+    # by load_settings; the problem is still named by its key.
+    settings = load_settings(write(tmp_path, text))
+    with pytest.raises(ConfigError) as info:
+        create_app(settings)
+    (line,) = str(info.value).splitlines()
+    assert line.startswith(f"configuration: {expected}"), line
+
+
+def test_authkeys_are_read_once_when_the_state_is_built(tmp_path):
+    keyfile = tmp_path / "a.key"
+    keyfile.write_bytes(b"first")
+    settings = load_settings(
+        write(tmp_path, f'[backends.a]\naddress = "unix:/a"\nauthkey_file = "{keyfile}"\n')
+    )
+    keyfile.write_bytes(b"second")  # after loading: the state reads it
+    state = create_app(settings).state.gateway
+    keyfile.write_bytes(b"third")  # after building: nothing reads it again
+    assert state.backends["a"].authkey == b"second"
+    assert read_authkeys(settings)["a"] == b"third"
+
+
+def test_every_problem_of_the_state_is_reported_at_once(tmp_path):
+    settings = Settings(
+        gateway={"default_backend": "ghost"},
+        backends={
+            "a": {"address": "unix:/a", "authkey_env": "UNSET_VARIABLE_FOR_TEST"},
+            "b": {"address": "unix:/b", "authkey_file": str(tmp_path / "absent")},
+        },
+    )
+    with pytest.raises(ConfigError) as info:
+        create_app(settings)
+    assert [key for key, _ in info.value.problems] == [
+        "gateway.default_backend",
+        "backends.a.authkey_env",
+        "backends.b.authkey_file",
+    ]
