@@ -314,6 +314,10 @@ log_level = "{log_level}"
 address = "{backend.address}"
 authkey_env = "{AUTHKEY_ENV}"
 call_timeout = 60.0
+# The bench sends only operations that answer once; the demo's own
+# declaration (replies = "many", for its stream operation) would measure a
+# handshake per call instead of the pool.
+replies = "one"
 """,
         encoding="utf-8",
     )

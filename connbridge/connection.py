@@ -17,7 +17,7 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Self, cast
+from typing import Any, Self, cast
 
 from .addresses import Address, AddressLike, parse_address
 from .errors import (
@@ -56,7 +56,12 @@ Loads = Callable[[bytes], object]
 Dumps = Callable[[object], bytes]
 
 
-def _expire(waiter: asyncio.Future[bytes]) -> None:
+def expire(waiter: asyncio.Future[Any]) -> None:
+    """Fail ``waiter`` with ``TimeoutError`` unless it is done: a timer's callback.
+
+    ``loop.call_at(deadline, expire, waiter)`` is much cheaper on a hot path
+    than ``asyncio.timeout()``, and a result already handed over wins.
+    """
     if not waiter.done():
         waiter.set_exception(TimeoutError())
 
@@ -324,7 +329,7 @@ class Connection:
         stream.waiter = waiter
         # A timer on the waiter is much cheaper than asyncio.timeout() on the
         # hot path; a frame already handed over wins over the timer.
-        timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+        timer = None if deadline is None else loop.call_at(deadline, expire, waiter)
         try:
             return await waiter
         except asyncio.CancelledError:

@@ -74,6 +74,7 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_SLEEP",
     "MAX_STREAM_COUNT",
+    "REPLIES",
     "SAFE_GLOBALS",
     "DemoBackend",
     "main",
@@ -95,6 +96,11 @@ MAX_SLEEP: Final = 3600.0
 
 #: Most replies one ``stream`` request may ask for.
 MAX_STREAM_COUNT: Final = 10_000
+
+#: The demo's reply discipline, for the pool's ``replies`` setting: its
+#: ``stream`` operation answers one message several times, so a pool must not
+#: reuse a connection after a reply (see :mod:`connbridge.pool`).
+REPLIES: Final = "many"
 
 _BUILTIN_MODULES: Final = frozenset({"builtins", "__builtin__", "exceptions"})
 

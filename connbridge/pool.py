@@ -86,7 +86,7 @@ from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, Final, TypedDict
 
 from .addresses import Address, AddressLike, parse_address
-from .connection import Connection, open_connection
+from .connection import Connection, expire, open_connection
 from .errors import (
     AcquireTimeout,
     AuthenticationError,
@@ -147,11 +147,6 @@ class PoolStats(TypedDict):
     dedicated_opened: int
     max_connections_per_address: int
     addresses: list[ReplicaView]
-
-
-def _expire(waiter: asyncio.Future[Any]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 class Pool:
@@ -561,7 +556,7 @@ class Pool:
                 waited = True
                 waiter: asyncio.Future[Holder | None] = loop.create_future()
                 self._waiters.append(waiter)
-                timer = loop.call_at(acquire_deadline, _expire, waiter)
+                timer = loop.call_at(acquire_deadline, expire, waiter)
                 try:
                     got = await waiter
                 except TimeoutError:

@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _demo_backend(settings: Settings) -> Iterator[Settings]:
     """Start the demo backend; yield the settings with it as the default backend."""
-    from connbridge.demo import spawn_demo_backend
+    from connbridge.demo import REPLIES, spawn_demo_backend
 
     if DEMO_BACKEND in settings.backends:
         raise _UsageError(f"--demo: the configuration already has a backend named {DEMO_BACKEND!r}")
@@ -157,7 +157,12 @@ def _demo_backend(settings: Settings) -> Iterator[Settings]:
         raise _UsageError(f"--demo: cannot start the demo backend: {exc}") from None
     try:
         backend = BackendSettings.model_validate(
-            {"address": demo.address, "authkey": SecretStr(key), "call_timeout": 30.0}
+            {
+                "address": demo.address,
+                "authkey": SecretStr(key),
+                "call_timeout": 30.0,
+                "replies": REPLIES,
+            }
         )
         gateway = settings.gateway.model_copy(update={"default_backend": DEMO_BACKEND})
         yield settings.model_copy(
