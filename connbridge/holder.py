@@ -142,11 +142,12 @@ class Holder:
             else:
                 self.close("single_use")
             return
+        now = replica.alive_at = time.monotonic()
         if single_use or replica.reuse is Reuse.NEVER:
             self.close("single_use")
         elif (
             replica.reuse is Reuse.UNPROVEN
-            or time.monotonic() - self.quiet_at >= self._owner.quiet_check_interval
+            or now - self.quiet_at >= self._owner.quiet_check_interval
         ):
             self._settle()
         else:

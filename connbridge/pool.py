@@ -53,6 +53,14 @@ How the pool treats the servers it talks to:
   :class:`~connbridge.errors.AcquireTimeout` with the counts in use and
   draining. Where a capacity was learned, drains count against it: such a
   server is busy with the abandoned request.
+* **Readiness.** An open connection is watched, so a server that goes away
+  is seen at once. An address with no connection open that proved it alive
+  within ``readiness_interval`` gets a real, authenticated connection, closed
+  cleanly right after (or handed to a caller waiting meanwhile): a dead
+  backend is marked down with no call made, and :attr:`Pool.ready` stays
+  true to the facts. Without an authkey, a new connection first waits
+  ``settle_time`` for a challenge the server may send unprompted: such a
+  server needs an authkey, and a request would be read as a wrong answer.
 * **Replicas.** A backend may have several addresses, and a host name may
   resolve to several IPs (re-resolved every ``dns_interval`` seconds: this is
   how a headless Kubernetes Service fans out). An IP the name no longer
@@ -102,6 +110,7 @@ from .errors import (
     PoolOverloaded,
     ProtocolError,
 )
+from .handshake import CHALLENGE
 from .holder import Holder, HolderState, Lease
 from .pool_settings import PoolSettings
 from .replica import BACKOFF_BASE, Replica, ReplicaState, ReplicaView, Reuse
@@ -819,6 +828,7 @@ class Pool:
                 self._mark_down(replica, exc, "connect")
                 raise
             if self._authkey is None:
+                await self._expect_silence(replica, conn)
                 established = pooled
                 self._mark_up(replica)
                 return conn
@@ -832,6 +842,38 @@ class Pool:
             return conn
         finally:
             replica.open_ended(established=established)
+
+    async def _expect_silence(self, replica: Replica[Holder], conn: Connection) -> None:
+        """With no authkey, make sure the server does not speak first.
+
+        A Listener with an authkey sends its challenge as soon as it accepts.
+        Sending it a request instead would be read as a wrong answer, which
+        kills the classic server; so before any request, the connection waits
+        ``settle_time`` for such a challenge. Raises
+        :class:`AuthenticationError` for one (the address is marked down).
+        """
+        loop = self._loop or asyncio.get_running_loop()
+        try:
+            first = await conn.recv_bytes(deadline=loop.time() + self.settings.settle_time)
+        except TimeoutError:
+            return  # silent, as a server without an authkey is
+        except ConnbridgeError as exc:
+            self.spawn(conn.close(timeout=1.0))
+            self._mark_down(replica, exc, "closed")
+            raise
+        self.spawn(conn.close(timeout=1.0))
+        error: ConnbridgeError
+        if first.startswith(CHALLENGE):
+            error = AuthenticationError(
+                "the server sent an authentication challenge before any request: it requires "
+                "an authkey, and none is configured for this backend (authkey_env or "
+                "authkey_file)"
+            )
+            self._mark_down(replica, error, "auth")
+        else:
+            error = ProtocolError("the server sent data before any request")
+            self._mark_down(replica, error, "handshake")
+        raise error
 
     def _handshake_result(
         self, replica: Replica[Holder], conn: Connection, handshake: asyncio.Future[None]
@@ -914,7 +956,9 @@ class Pool:
         """Close idle connections past their idle timeout or lifetime; refresh DNS."""
         s = self.settings
         while not self._closed:
-            await asyncio.sleep(min(_HOUSEKEEPING_INTERVAL, s.idle_timeout / 2))
+            await asyncio.sleep(
+                min(_HOUSEKEEPING_INTERVAL, s.idle_timeout / 2, s.readiness_interval)
+            )
             now = time.monotonic()
             for replica in self._replicas.values():
                 for holder in list(replica.idle):
@@ -926,12 +970,35 @@ class Pool:
                         holder.close("stale")
                     elif holder.conn.has_pending_input():
                         holder.close("idle_eof")
+            for replica in self._live_replicas():
+                if replica.needs_liveness_check(now, s.readiness_interval):
+                    replica.open_started()
+                    self.spawn(self._check_alive(replica))
             self._forget_stale()
             if now - self._resolved_at >= s.dns_interval and not all(
                 a.family == "unix" or a.is_ip for a in self.addresses
             ):
                 await self._resolve()
             self._grow()
+
+    async def _check_alive(self, replica: Replica[Holder]) -> None:
+        """Prove an address alive with a real, authenticated connection.
+
+        Its opening slot is reserved. A failure marks the address down (so
+        :attr:`ready` tells the truth with no call made); a success serves a
+        waiter if one came meanwhile, or is closed cleanly, as a fragile
+        server expects: pools open connections only for demand.
+        """
+        try:
+            conn = await self._connect(replica, pooled=True, reserved=True)
+        except (ConnbridgeError, OSError):
+            return
+        self._opened += 1
+        holder = Holder(conn, replica, self, time.monotonic())
+        if self._waiters and not self._closed:
+            self.came_back(holder)
+        else:
+            holder.close("liveness")
 
     def _forget_stale(self) -> None:
         """Drop addresses DNS no longer lists once nothing of theirs is open.

@@ -123,6 +123,9 @@ class PoolSettings:
     settle_time: float = 0.05
     #: How often each connection sits through that quiet time again under load.
     quiet_check_interval: float = 2.0
+    #: An address with no connection open that proved alive for this long is
+    #: checked with a real, authenticated connection (then closed cleanly).
+    readiness_interval: float = 10.0
     #: Default grace period of :meth:`Pool.close` for calls in flight.
     close_grace: float = 10.0
     #: How often host names are resolved again.

@@ -97,6 +97,7 @@ class Replica(Generic[H]):
         "_settling",
         "_stalled",
         "address",
+        "alive_at",
         "calls",
         "capacity",
         "ejected_until",
@@ -131,6 +132,8 @@ class Replica(Generic[H]):
         self.calls = 0
         self.errors: Counter[str] = Counter()
         self.prober: asyncio.Task[None] | None = None
+        #: When a connection here last proved alive (a handshake, a reply).
+        self.alive_at = 0.0
         self._established = 0  # open connections, whatever they are doing
         self._in_use = 0  # checked out by a caller (or settling after a reply)
         self._draining = 0  # reading the late reply of an abandoned exchange
@@ -281,8 +284,25 @@ class Replica(Generic[H]):
             now < self.ejected_until or self.prober is not None
         )
 
+    def needs_liveness_check(self, now: float, interval: float) -> bool:
+        """True when nothing open here has proved the address alive for ``interval``.
+
+        Open connections are watched (a server that goes away closes them,
+        and the pool sees it at once); with none open, only a new connection
+        can tell that the server still answers.
+        """
+        return (
+            self.state is ReplicaState.UP
+            and not self.stale
+            and self._established == 0
+            and self._opening == 0
+            and self._stalled == 0
+            and now - self.alive_at >= interval
+        )
+
     def mark_up(self) -> bool:
         """Record a working connection; True if the address was down."""
+        self.alive_at = time.monotonic()
         was_down = self.state is ReplicaState.DOWN
         self.state = ReplicaState.UP
         self.failures = 0
