@@ -97,6 +97,8 @@ class FrameProtocol(asyncio.Protocol):
         # server going away, and the pool wants to know at once, not at the
         # next checkout, when a request may already be on its way.
         self.watcher: Callable[[], None] | None = None
+        self.discarding = False
+        self.discarded = 0
 
     # asyncio.Protocol callbacks
 
@@ -108,7 +110,11 @@ class FrameProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.eof:
-            return  # after our close() starts we only wait for the peer's EOF
+            # After our close() starts we only wait for the peer's EOF, and
+            # count the replies we drop on the way.
+            if self.discarding:
+                self.discarded += self.decoder.skip(data)
+            return
         decoder = self.decoder
         waiter = self.waiter
         if (
@@ -248,6 +254,13 @@ class Connection:
         stream = self._stream
         return bool(stream.pushback) or stream.decoder.buffered > 0 or self.closed
 
+    def limit_frames(self, max_frame: int | None) -> None:
+        """Refuse frames over ``max_frame`` bytes from now on (``None``: back to the default).
+
+        Checked from each frame's header, before its payload is buffered.
+        """
+        self._stream.decoder.max_frame = self.max_frame if max_frame is None else max_frame
+
     def has_unread_data(self) -> bool:
         """True if bytes arrived that nobody has read (EOF alone does not count)."""
         stream = self._stream
@@ -263,6 +276,11 @@ class Connection:
         :meth:`has_pending_input` after setting it.
         """
         self._stream.watcher = callback
+
+    @property
+    def discarded_frames(self) -> int:
+        """Frames dropped unread because they arrived after :meth:`close` began."""
+        return self._stream.discarded
 
     @property
     def peer_closed(self) -> bool:
@@ -393,8 +411,10 @@ class Connection:
                     transport.write_eof()
             except OSError:
                 transport.abort()
-        # Drop what is buffered; from now on data_received discards input.
-        stream.decoder = FrameDecoder(stream.decoder.max_frame)
+        # Drop what is buffered; from now on data_received discards input,
+        # counting the frames.
+        stream.discarded += len(stream.pushback) + stream.decoder.skip()
+        stream.discarding = True
         stream.pushback.clear()
         stream._wake(ConnectionClosed("the connection was closed locally"))
         stream.eof = True

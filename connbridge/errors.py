@@ -19,6 +19,7 @@ translated where they cross into the library and chained with ``from``.
     │   └── CallInterrupted           ... while a request was in flight: it may or
     │                                     may not have been processed
     ├── CallTimeout                   (also TimeoutError) no reply within the call timeout
+    ├── StreamIdle                    a stream of replies fell silent past its idle limit
     ├── PoolError
     │   ├── PoolClosed                the pool is shutting down or closed
     │   ├── PoolOverloaded            too many callers already wait for a connection
@@ -62,6 +63,7 @@ __all__ = [
     "ProtocolError",
     "RefusedGlobal",
     "ResultError",
+    "StreamIdle",
 ]
 
 
@@ -123,6 +125,14 @@ class CallInterrupted(ConnectionClosed):
 
 class CallTimeout(ConnbridgeError, TimeoutError):
     """No reply arrived within the call timeout."""
+
+
+class StreamIdle(ConnbridgeError):
+    """No further reply arrived within a stream's idle limit.
+
+    One way a stream of replies ends (see :meth:`connbridge.pool.Pool.stream`):
+    the backend may or may not send more, so the connection is closed.
+    """
 
 
 class PoolError(ConnbridgeError):

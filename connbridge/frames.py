@@ -103,7 +103,36 @@ class FrameDecoder:
         self._size = -1
         return payload
 
-    def _read_header(self) -> bool:
+    def skip(self, data: bytes | bytearray | memoryview = b"") -> int:
+        """Drop ``data`` (and what is buffered), returning how many frames it completed.
+
+        For a connection that is closing: its remaining replies are counted,
+        not kept, so at most one frame header is ever buffered, whatever
+        ``max_frame`` says. A header no peer may send ends the counting.
+        """
+        buffer = self._buffer
+        buffer += data
+        count = 0
+        while True:
+            if self._size < 0:
+                try:
+                    if not self._read_header(check_size=False):
+                        return count
+                except ProtocolError:
+                    buffer.clear()
+                    return count
+            end = self._start + self._size
+            if len(buffer) >= end:
+                del buffer[:end]
+                self._size = -1
+                count += 1
+                continue
+            # Part of the payload: drop it and remember how much is still due.
+            self._size -= len(buffer) - self._start
+            del buffer[self._start :]
+            return count
+
+    def _read_header(self, *, check_size: bool = True) -> bool:
         buffer = self._buffer
         if len(buffer) < 4:
             return False
@@ -116,7 +145,7 @@ class FrameDecoder:
             start = 12
         elif size < 0:
             raise ProtocolError(f"invalid frame header: negative length {size}")
-        if size > self.max_frame:
+        if check_size and size > self.max_frame:
             raise FrameTooLarge(size, self.max_frame)
         self._size = size
         self._start = start

@@ -68,6 +68,8 @@ class Owner(Protocol):
 
     def reuse_ended(self, replica: Replica[Holder]) -> None: ...
 
+    def count_discarded(self, frames: int) -> None: ...
+
     def came_back(self, holder: Holder) -> None: ...
 
     def slot_freed(self) -> None: ...
@@ -123,17 +125,18 @@ class Holder:
 
     # after an exchange
 
-    def exchange_done(self) -> None:
+    def exchange_done(self, *, provable_end: bool = False) -> None:
         """The caller got its reply: reuse, settle or close the connection.
 
         On a backend that may answer a message several times (``replies =
-        "many"``) it is closed, so no later reply can reach a later caller.
-        Otherwise input already pending after the reply is a second reply: a
-        violation.
+        "many"``) it is closed, so no later reply can reach a later caller,
+        unless the caller read a stream of replies to a ``provable_end`` (a
+        sentinel, a count). Otherwise input already pending after the reply
+        is a further reply: a violation.
         """
         conn = self.conn
         replica = self.replica
-        single_use = self._owner.single_use
+        single_use = self._owner.single_use and not provable_end
         if conn.has_pending_input():
             if conn.peer_closed and not conn.has_unread_data():
                 self._learn_one_shot()
@@ -290,8 +293,16 @@ class Holder:
         if abort:
             self.conn.abort()
         else:
-            owner.spawn(self.conn.close(timeout=owner.drain_timeout))
+            owner.spawn(self._close_gently())
         owner.slot_freed()
+
+    async def _close_gently(self) -> None:
+        conn = self.conn
+        try:
+            await conn.close(timeout=self._owner.drain_timeout)
+        finally:
+            if conn.discarded_frames:
+                self._owner.count_discarded(conn.discarded_frames)
 
 
 class Lease:

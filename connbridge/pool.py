@@ -114,9 +114,10 @@ from .handshake import CHALLENGE
 from .holder import Holder, HolderState, Lease
 from .pool_settings import PoolSettings
 from .replica import BACKOFF_BASE, Replica, ReplicaState, ReplicaView, Reuse
+from .streaming import ReplyStream
 from .unpickler import make_dumps, make_loads
 
-__all__ = ["Lease", "Pool", "PoolHealth", "PoolSettings", "PoolStats"]
+__all__ = ["Lease", "Pool", "PoolHealth", "PoolSettings", "PoolStats", "ReplyStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ class PoolStats(TypedDict):
     calls: int
     errors: dict[str, int]
     violations: int
+    discarded_replies: int
     waits: int
     wait_time_total_s: float
     wait_time_max_s: float
@@ -204,6 +206,7 @@ class Pool:
         self._errors: Counter[str] = Counter()
         self._closed_by: Counter[str] = Counter()
         self._violations = 0
+        self._discarded = 0
         self._opened = 0
         self._waits = 0
         self._wait_total = 0.0
@@ -253,6 +256,9 @@ class Pool:
 
     def count_close(self, reason: str) -> None:
         self._closed_by[reason] += 1
+
+    def count_discarded(self, frames: int) -> None:
+        self._discarded += frames
 
     def count_violation(self, replica: Replica[Holder]) -> None:
         self._violations += 1
@@ -403,6 +409,62 @@ class Pool:
             self._count_error(replica, "pickle")
             raise
 
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, obj: object, *, timeout: float | None = None, max_reply_bytes: int | None = None
+    ) -> AsyncIterator[ReplyStream]:
+        """Send ``obj`` once and read the backend's replies as they come (a :class:`ReplyStream`).
+
+        ``timeout`` (default ``call_timeout``) bounds the whole stream,
+        waiting for a connection included; ``max_reply_bytes`` (default
+        ``max_frame``) each reply, from its header. If the block ends after
+        :meth:`ReplyStream.finish` (the caller read a provable last reply)
+        with nothing more pending, the connection goes back to the pool, as
+        after a call; in every other case (a silent gap, the deadline, the
+        backend closing, an error, the caller going away) more replies may
+        follow, so it is closed gently and what still comes is discarded.
+        Raises what :meth:`call` raises before the stream starts.
+        """
+        data = self._dumps(obj)
+        loop = self._loop or asyncio.get_running_loop()
+        budget = self.settings.call_timeout if timeout is None else timeout
+        deadline = loop.time() + budget
+        holder = await self._acquire(deadline, budget)
+        conn = holder.conn
+        replica = holder.replica
+        replica.calls += 1
+        self._calls += 1
+        if max_reply_bytes is not None:
+            conn.limit_frames(min(max_reply_bytes, self.settings.max_frame))
+        try:
+            await conn.send_bytes(data, deadline=deadline)
+        except TimeoutError:
+            self._abandon(holder)
+            self._count_error(replica, "timeout")
+            raise CallTimeout(
+                f"backend {self.name} ({replica.address}) took the request too slowly"
+            ) from None
+        except ConnectionClosed as exc:
+            holder.close("error")
+            self._count_error(replica, "interrupted")
+            raise CallInterrupted(
+                f"backend {self.name} ({replica.address}) closed the connection"
+            ) from exc
+        except BaseException:
+            self._abandon(holder)
+            raise
+        replies = ReplyStream(conn, self._loads, deadline, loop)
+        try:
+            yield replies
+        except BaseException:
+            holder.close("stream_error")
+            raise
+        conn.limit_frames(None)
+        if replies.finished and not conn.closed:
+            holder.exchange_done(provable_end=True)
+        else:
+            holder.close("stream_end")
+
     def _abandon(self, holder: Holder) -> None:
         """An exchange whose reply may still come: drain it, or close when never reused."""
         if self.single_use or holder.replica.reuse is Reuse.NEVER:
@@ -530,6 +592,7 @@ class Pool:
             "calls": self._calls,
             "errors": dict(self._errors),
             "violations": self._violations,
+            "discarded_replies": self._discarded,
             "waits": self._waits,
             "wait_time_total_s": round(self._wait_total, 6),
             "wait_time_max_s": round(self._wait_max, 6),

@@ -86,6 +86,12 @@ class _PoolCollector(Collector):
             "each stops reuse of that address's connections.",
             labels=["backend"],
         )
+        discarded = CounterMetricFamily(
+            "connbridge_pool_discarded_replies",
+            "Replies dropped unread because they came after a connection's close began "
+            '(the later replies of a backend declared replies = "many", late stray ones).',
+            labels=["backend"],
+        )
         for name, pool in self._pools().items():
             stats = pool.stats()
             for state in ("idle", "in_use", "draining"):
@@ -97,12 +103,14 @@ class _PoolCollector(Collector):
             for reason, count in stats["closed"].items():
                 closed.add_metric([name, reason], float(count))
             violations.add_metric([name], float(stats["violations"]))
+            discarded.add_metric([name], float(stats["discarded_replies"]))
         yield connections
         yield waiters
         yield calls
         yield errors
         yield closed
         yield violations
+        yield discarded
 
 
 class GatewayMetrics:

@@ -51,6 +51,11 @@ _CALL_DESCRIPTIONS: Final = {
 }
 _BATCH_ERRORS: Final = (400, 413, 415, 422)
 _BACKEND_ROUTE: Final = "/backends/{name}/compute"
+#: On a backend declared ``replies = "many"``: later replies are not in this
+#: response (they are discarded, and counted in ``/metrics``; read them with
+#: ``/stream``).
+EXTRA_REPLIES_HEADER: Final = "Connbridge-Extra-Replies"
+_FIRST_REPLY_ONLY: Final = {EXTRA_REPLIES_HEADER: "discarded"}
 
 
 async def _compute(request: Request, name: str | None) -> Response:
@@ -69,6 +74,9 @@ async def _compute(request: Request, name: str | None) -> Response:
     backend = state.backend_for(caller, call.backend, at=None if name is not None else ())
     set_backend(request.scope, backend.name)
     answer = await run_call(state, backend, call)
+    if backend.settings.pool.replies == "many":
+        # Such a backend may answer again: say that only the first reply is here.
+        return Response(orjson.dumps(answer), media_type=_JSON, headers=_FIRST_REPLY_ONLY)
     return Response(orjson.dumps(answer), media_type=_JSON)
 
 

@@ -139,3 +139,14 @@ def test_bytes_equal_what_the_stdlib_writes_and_reads(size: int) -> None:
     finally:
         stdlib.close()
         right.close()
+
+
+def test_skip_counts_frames_without_keeping_their_payloads() -> None:
+    decoder = FrameDecoder(max_frame=10)  # skipping ignores the limit: nothing is kept
+    stream = b"".join(encode_frame(bytes([i]) * 1000) for i in range(3))
+    assert decoder.skip(stream[:1500]) == 1
+    assert decoder.buffered < 16  # the second frame's payload so far was dropped
+    assert decoder.skip(stream[1500:]) == 2
+    assert decoder.buffered == 0
+    assert decoder.skip(b"\xff\xff\xff\xfe") == 0  # a header no peer may send ends it
+    assert decoder.buffered == 0

@@ -6,7 +6,13 @@ import asyncio
 import time
 
 import pytest
-from gateway_support import backend_config, problem_type, serve_gateway, two_backends_no_default
+from gateway_support import (
+    backend_config,
+    problem_type,
+    serve_gateway,
+    two_backends_no_default,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -306,3 +312,25 @@ async def test_request_id_taken_or_made(settings):
         assert made != "bad id\twith spaces"
         assert len(made) == 24
         assert response.json()["request_id"] == made
+
+
+async def test_compute_on_a_many_reply_backend_says_later_replies_are_discarded(demo, tmp_path):
+    settings = {"backends": {"demo": backend_config(demo, tmp_path, replies="many")}}
+    async with serve_gateway(settings) as gw:
+        payload = {"op": "stream", "count": 3, "value": "s"}
+        response = await gw.client.post("/compute", json={"payload": payload})
+        assert response.status_code == 200
+        assert response.json()["result"] == {"seq": 0, "value": "s"}
+        assert response.headers["connbridge-extra-replies"] == "discarded"
+        pool = gw.state.backends["demo"].running_pool()
+
+        async def counted() -> bool:
+            return pool.stats()["discarded_replies"] == 2
+
+        await wait_until(counted, what="the two later replies counted")
+        metrics = (await gw.client.get("/metrics")).text
+        assert 'connbridge_pool_discarded_replies_total{backend="demo"} 2.0' in metrics
+    single = {"backends": {"demo": backend_config(demo, tmp_path)}}
+    async with serve_gateway(single) as gw:
+        response = await gw.client.post("/compute", json={"payload": [1, 2]})
+        assert "connbridge-extra-replies" not in response.headers
