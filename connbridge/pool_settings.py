@@ -119,6 +119,9 @@ class PoolSettings:
     max_draining: int = _checked(4, _count)
     #: ``"one"`` reply per message, or ``"many"`` (see :mod:`connbridge.pool`).
     replies: Literal["one", "many"] = _checked("one", _replies)
+    #: Requests in flight on one connection, answered in order (1: one at a time).
+    #: Only for backends that answer every message exactly once, in order.
+    pipeline: int = 1
     #: Quiet time after a reply that shows whether more replies follow.
     settle_time: float = 0.05
     #: How often each connection sits through that quiet time again under load.
