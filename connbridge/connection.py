@@ -101,6 +101,7 @@ class FrameProtocol(asyncio.Protocol):
         # in flight, answered in order; a future already done (its caller
         # timed out or went away) still takes its reply, which is dropped.
         self.queue: deque[asyncio.Future[bytes]] | None = None
+        self.outbox: list[bytes | bytearray | memoryview] = []
         self.on_reply: Callable[[], None] | None = None
         self.discarding = False
         self.discarded = 0
@@ -385,7 +386,8 @@ class Connection:
     def submit(self, data: bytes | bytearray | memoryview) -> asyncio.Future[bytes]:
         """Pipelined mode: send one payload; the future gets its reply.
 
-        The frame is handed to the transport before this returns. If the
+        The frame is handed to the transport at the end of this loop
+        iteration, together with any other submitted meanwhile. If the
         caller stops waiting (a timeout sets ``TimeoutError`` on the future,
         or it is cancelled), the request keeps its place: its reply, when it
         comes, is dropped, so every later reply still reaches its own
@@ -398,16 +400,24 @@ class Connection:
             raise RuntimeError("submit() needs start_pipelining()")
         if self.closed:
             raise self._closed_error()
-        transport = self._transport
-        size = len(data)
-        if size <= _COALESCE_LIMIT:
-            transport.write(frame_header(size) + data)
-        else:
-            transport.write(frame_header(size))
-            transport.write(data)
+        # Frames submitted in the same loop iteration are written together:
+        # one system call for a burst of calls instead of one each.
+        outbox = stream.outbox
+        if not outbox:
+            stream.loop.call_soon(self._flush)
+        outbox.append(frame_header(len(data)))
+        outbox.append(data)
         waiter: asyncio.Future[bytes] = stream.loop.create_future()
         queue.append(waiter)
         return waiter
+
+    def _flush(self) -> None:
+        outbox = self._stream.outbox
+        if not outbox:
+            return
+        if not self._transport.is_closing():
+            self._transport.write(b"".join(outbox))
+        outbox.clear()
 
     @property
     def writing_paused(self) -> bool:
