@@ -590,7 +590,9 @@ class Connection:
         for payload in payloads:
             self._transport.write(frame_header(len(payload)) + payload)
 
-    async def authenticate(self, authkey: bytes, *, allow_md5: bool = True) -> None:
+    async def authenticate(
+        self, authkey: bytes, *, allow_md5: bool = True, legacy_digest: str = "md5"
+    ) -> None:
         """Run the client half of the handshake, with no time limit.
 
         :func:`connect` bounds it with ``handshake_timeout``; a pool runs it
@@ -599,7 +601,9 @@ class Connection:
         server's ``accept()`` fail. Raises :class:`HandshakeError` and
         :class:`~connbridge.errors.AuthenticationError`.
         """
-        await self.run_handshake(ClientHandshake(authkey, allow_md5=allow_md5))
+        await self.run_handshake(
+            ClientHandshake(authkey, allow_md5=allow_md5, legacy_digest=legacy_digest)
+        )
 
     async def run_handshake(self, handshake: ClientHandshake | ServerHandshake) -> None:
         """Drive either half of a handshake to its end, with no time limit.
@@ -649,7 +653,18 @@ async def open_stream(
 
     try:
         async with asyncio.timeout(connect_timeout):
-            if addr.family == "unix":
+            if addr.family == "unix" and addr.path.startswith("\0"):
+                # uvloop cannot connect to an abstract name by itself
+                # (MagicStack/uvloop#528): connect a plain socket, then hand it over.
+                plain = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    plain.setblocking(False)
+                    await loop.sock_connect(plain, addr.path)
+                except BaseException:
+                    plain.close()
+                    raise
+                _, stream = await loop.create_unix_connection(factory, sock=plain)
+            elif addr.family == "unix":
                 _, stream = await loop.create_unix_connection(factory, addr.path)
             else:
                 _, stream = await loop.create_connection(factory, addr.host, addr.port)
@@ -659,10 +674,10 @@ async def open_stream(
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise ConnectError(f"cannot connect to {addr}: {reason}") from exc
     if addr.family == "tcp":
-        sock = stream.transport.get_extra_info("socket") if stream.transport else None
-        if sock is not None:
+        raw = stream.transport.get_extra_info("socket") if stream.transport else None
+        if raw is not None:
             # Requests are small and latency-bound: never wait for Nagle.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return addr, stream
 
 

@@ -124,6 +124,10 @@ logger = logging.getLogger(__name__)
 
 # How often the housekeeping task looks for idle and expired connections.
 _HOUSEKEEPING_INTERVAL = 1.0
+# Failed tries after which an address of a host name that never answered is
+# set aside, while another address of that name works (a dual-stack name
+# with a server on one family only).
+_DORMANT_AFTER = 3
 #: Error kinds of a failed handshake (a wrong key, or none where one is needed).
 _HANDSHAKE_KINDS: Final = frozenset({"auth", "handshake", "handshake_timeout"})
 
@@ -205,6 +209,8 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resolved_at = -1e9
         self._resolve_error: str | None = None
+        # Resolved addresses set aside (see _DORMANT_AFTER), by key.
+        self._dormant: set[str] = set()
         self._housekeeper: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
         # statistics
@@ -409,6 +415,7 @@ class Pool:
             raise CallInterrupted(
                 f"backend {self.name} ({replica.address}) closed the connection during "
                 "the call; it may or may not have processed the request"
+                + self._protocol_hint(holder)
             ) from exc
         except ProtocolError:
             holder.close("error")
@@ -426,6 +433,17 @@ class Pool:
         except ConnbridgeError:
             self._count_error(replica, "pickle")
             raise
+
+    def _protocol_hint(self, holder: Holder) -> str:
+        """Why a server may drop a connection at its first request, when we can tell."""
+        protocol = self.settings.pickle_protocol
+        if holder.exchanges == 0 and holder.conn.peer_dialect == "legacy" and protocol > 2:
+            return (
+                f". The server used the legacy handshake, as Python 2 and <= 3.11 do; a "
+                f"Python 2 server cannot read pickle protocol {protocol}: set "
+                "pickle_protocol = 2 for this backend"
+            )
+        return ""
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -1037,9 +1055,36 @@ class Pool:
             logger.info("backend %s: %s is up again", self.name, replica.address)
             self._wake_waiters()
 
+    def _set_aside(self, replica: Replica[Holder]) -> bool:
+        """Drop a resolved address that never answered while a sibling works; True if so."""
+        if (
+            replica.source == replica.address
+            or replica.ever_up
+            or replica.failures < _DORMANT_AFTER
+            or not any(
+                r.source == replica.source and r.state is ReplicaState.UP and not r.stale
+                for r in self._replicas.values()
+            )
+        ):
+            return False
+        key = str(replica.address)
+        self._dormant.add(key)
+        replica.stale = True
+        logger.info(
+            "backend %s: %s (from %s) never answered in %d tries while another address of "
+            "that name works; it is left out until the name's addresses change",
+            self.name,
+            replica.address,
+            replica.source,
+            replica.failures,
+        )
+        return True
+
     def _mark_down(self, replica: Replica[Holder], exc: BaseException, kind: str) -> None:
         delay = replica.mark_down(str(exc), kind, auth=isinstance(exc, AuthenticationError))
         self._errors[kind] += 1
+        if self._set_aside(replica):
+            return
         logger.warning(
             "backend %s: %s is down (%s); next try in %.1f s",
             self.name,
@@ -1157,7 +1202,9 @@ class Pool:
                 self._mark_up(replica)
                 return conn
             handshake = asyncio.ensure_future(
-                conn.authenticate(self._authkey, allow_md5=s.allow_md5)
+                conn.authenticate(
+                    self._authkey, allow_md5=s.allow_md5, legacy_digest=s.legacy_digest
+                )
             )
             done, _ = await asyncio.wait({handshake}, timeout=s.handshake_timeout)
             if not done:
@@ -1377,6 +1424,19 @@ class Pool:
                 resolved = Address("tcp", host=str(sockaddr[0]), port=int(sockaddr[1]))
                 found[str(resolved)] = (resolved, configured)
         self._resolve_error = "; ".join(errors) or None
+        if self._dormant:
+            # Set aside only while the name still resolves to a working sibling.
+            working = {
+                str(r.source)
+                for r in self._replicas.values()
+                if r.state is ReplicaState.UP and not r.stale
+            }
+            self._dormant &= set(found)
+            for key in list(self._dormant):
+                if str(found[key][1]) in working:
+                    del found[key]
+                else:
+                    self._dormant.discard(key)
         for key, (resolved, source) in found.items():
             existing = self._replicas.get(key)
             if existing is None:
