@@ -112,7 +112,7 @@ from .errors import (
 )
 from .handshake import CHALLENGE
 from .holder import Holder, HolderState, Lease
-from .pipelining import Pipe
+from .pipelining import Pipelines
 from .pool_settings import PoolSettings
 from .replica import BACKOFF_BASE, Replica, ReplicaState, ReplicaView, Reuse
 from .streaming import ReplyStream
@@ -198,9 +198,9 @@ class Pool:
         self._waiters: deque[asyncio.Future[Holder | None]] = deque()
         # Pipelining (settings.pipeline > 1): the pipelined connections, and
         # callers waiting for room on one.
-        self._depth = self.settings.pipeline if self.settings.replies == "one" else 1
-        self._pipes: list[Pipe[Replica[Holder]]] = []
-        self._pipe_waiters: deque[asyncio.Future[None]] = deque()
+        self._pipelines: Pipelines[Replica[Holder]] = Pipelines(
+            self, self.settings.pipeline if self.settings.replies == "one" else 1
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._started = False
@@ -273,6 +273,8 @@ class Pool:
         self._discarded += frames
 
     def count_violation(self, replica: Replica[Holder]) -> None:
+        """A stray reply from ``replica``: its connections are no longer reused."""
+        replica.reuse = Reuse.NEVER
         self._violations += 1
         replica.errors["stray_reply"] += 1
 
@@ -314,9 +316,9 @@ class Pool:
         self._housekeeper = self._loop.create_task(self._housekeeping())
         replicas = self._live_replicas()
         if replicas:
-            if self._depth > 1:
-                replicas[0].open_started()
-                await self.spawn(self._open_pipe(replicas[0]))
+            if self._pipelines.on:
+                self._pipelines.grow()
+                await self._pipelines.wait_ready(self.settings.connect_timeout)
             else:
                 await self._open_soon(replicas[0], reason="start-up")
 
@@ -341,21 +343,18 @@ class Pool:
         for replica in self._replicas.values():
             if replica.prober is not None:
                 replica.prober.cancel()
-        for pipe in self._pipes:
-            pipe.retiring = True
+        pipelines = self._pipelines
+        pipelines.retire_all()
         while loop.time() < deadline:
             self._close_idle("shutdown")
-            if not any(r.busy for r in self._replicas.values()) and not any(
-                p.in_flight for p in self._pipes
-            ):
+            if not pipelines.in_flight and not any(r.busy for r in self._replicas.values()):
                 break
             self._released.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(0.05, max(0.0, deadline - loop.time()))):
                     await self._released.wait()
         self._close_idle("shutdown")
-        for pipe in list(self._pipes):
-            self._close_pipe(pipe, "shutdown")
+        pipelines.close_all("shutdown")
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
         # What is left past the grace is cancelled; its connections are aborted.
@@ -391,43 +390,60 @@ class Pool:
         loop = self._loop or asyncio.get_running_loop()
         budget = self.settings.call_timeout if timeout is None else timeout
         deadline = loop.time() + budget
-        if self._depth > 1:
-            return await self._call_pipelined(data, deadline, budget)
-        holder = await self._acquire(deadline, budget)
-        conn = holder.conn
-        replica = holder.replica
+        holder: Holder | None = None
+        if self._pipelines.on:
+            pipe, answer = await self._pipelines.submit(data, deadline, budget)
+            replica = pipe.replica
+        else:
+            holder = await self._acquire(deadline, budget)
+            replica = holder.replica
         replica.calls += 1
         self._calls += 1
         try:
-            # The whole frame is handed to the transport before the first
-            # await, so from here on the request counts as delivered.
-            await conn.send_bytes(data, deadline=deadline)
-            reply = await conn.recv_bytes(deadline=deadline)
+            if holder is None:
+                # Pipelined: the request keeps its place in the queue until
+                # its reply comes, whatever happens to this caller.
+                timer = loop.call_at(deadline, expire, answer)
+                try:
+                    reply = await answer
+                finally:
+                    timer.cancel()
+            else:
+                # The whole frame is handed to the transport before the first
+                # await, so from here on the request counts as delivered.
+                await holder.conn.send_bytes(data, deadline=deadline)
+                reply = await holder.conn.recv_bytes(deadline=deadline)
         except TimeoutError:
-            self._abandon(holder)
+            if holder is not None:
+                self._abandon(holder)
             self._count_error(replica, "timeout")
             raise CallTimeout(
                 f"backend {self.name} ({replica.address}) did not answer within {budget} s"
             ) from None
         except ConnectionClosed as exc:
-            holder.close("error")
+            hint = ""
+            if holder is not None:
+                holder.close("error")
+                hint = self._protocol_hint(holder)
             self._count_error(replica, "interrupted")
             raise CallInterrupted(
                 f"backend {self.name} ({replica.address}) closed the connection during "
-                "the call; it may or may not have processed the request"
-                + self._protocol_hint(holder)
+                "the call; it may or may not have processed the request" + hint
             ) from exc
         except ProtocolError:
-            holder.close("error")
+            if holder is not None:
+                holder.close("error")
             self._count_error(replica, "protocol")
             raise
         except BaseException:
             # Cancelled (the caller went away) after the request was written:
             # the reply may still come, so drain it before any reuse.
-            self._abandon(holder)
+            if holder is not None:
+                self._abandon(holder)
             self._count_error(replica, "cancelled")
             raise
-        holder.exchange_done()
+        if holder is not None:
+            holder.exchange_done()
         try:
             return self._loads(reply)
         except ConnbridgeError:
@@ -501,222 +517,48 @@ class Pool:
         else:
             holder.close("stream_end")
 
-    # pipelining
+    # what the pipelines need (connbridge.pipelining.PipeOwner)
 
-    async def _call_pipelined(self, data: bytes, deadline: float, budget: float) -> object:
-        """One call on a pipelined connection (see :mod:`connbridge.pipelining`)."""
-        loop = self._loop or asyncio.get_running_loop()
-        pipe, waiter = await self._pipe_slot(data, deadline, budget)
-        replica = pipe.replica
-        replica.calls += 1
-        self._calls += 1
-        timer = loop.call_at(deadline, expire, waiter)
-        try:
-            reply = await waiter
-        except TimeoutError:
-            # Its place in the queue stays taken until the late reply comes.
-            self._count_error(replica, "timeout")
-            raise CallTimeout(
-                f"backend {self.name} ({replica.address}) did not answer within {budget} s"
-            ) from None
-        except ConnectionClosed as exc:
-            self._count_error(replica, "interrupted")
-            raise CallInterrupted(
-                f"backend {self.name} ({replica.address}) closed the connection during "
-                "the call; it may or may not have processed the request"
-            ) from exc
-        except ProtocolError:
-            self._count_error(replica, "protocol")
-            raise
-        except BaseException:
-            self._count_error(replica, "cancelled")
-            raise
-        finally:
-            timer.cancel()
-        try:
-            return self._loads(reply)
-        except ConnbridgeError:
-            self._count_error(replica, "pickle")
-            raise
+    def reserve_opening(self) -> Replica[Holder] | None:
+        """The least loaded address where one more connection may open, its slot reserved.
 
-    async def _pipe_slot(
-        self, data: bytes, deadline: float, budget: float
-    ) -> tuple[Pipe[Replica[Holder]], asyncio.Future[bytes]]:
-        """Wait for room on a pipelined connection and send the request there."""
-        loop = self._loop or asyncio.get_running_loop()
-        started = loop.time()
-        acquire_deadline = min(deadline, started + self.settings.acquire_timeout)
-        waited = False
-        try:
-            while True:
-                if self._closed:
-                    raise PoolClosed(f"pool {self.name} is closed")
-                pipe = self._roomiest_pipe()
-                if pipe is not None:
-                    conn = pipe.conn
-                    if conn.writing_paused:
-                        try:
-                            await conn.wait_writable(acquire_deadline)
-                        except TimeoutError:
-                            raise self._exhausted(budget) from None
-                        continue  # look again: the pipe may be gone or full meanwhile
-                    try:
-                        return pipe, conn.submit(data)
-                    except ConnectionClosed:
-                        self._pipe_gone(pipe)  # nothing was sent: another pipe may do
-                        continue
-                self._grow_pipes()
-                if not self._has_hope():
-                    raise self._unavailable()
-                if len(self._pipe_waiters) >= self.settings.max_waiters:
-                    self._errors["overloaded"] += 1
-                    raise PoolOverloaded(
-                        f"backend {self.name}: {len(self._pipe_waiters)} callers already wait"
-                    )
-                waited = True
-                room: asyncio.Future[None] = loop.create_future()
-                self._pipe_waiters.append(room)
-                timer = loop.call_at(acquire_deadline, expire, room)
-                try:
-                    await room
-                except TimeoutError:
-                    limit = (
-                        budget if acquire_deadline >= deadline else self.settings.acquire_timeout
-                    )
-                    raise self._exhausted(limit) from None
-                finally:
-                    timer.cancel()
-                    with contextlib.suppress(ValueError):
-                        self._pipe_waiters.remove(room)
-        finally:
-            if waited:
-                spent = loop.time() - started
-                self._waits += 1
-                self._wait_total += spent
-                self._wait_max = max(self._wait_max, spent)
-
-    def _roomiest_pipe(self) -> Pipe[Replica[Holder]] | None:
-        """The usable pipe with the fewest requests in flight, if one has room.
-
-        Calls spread over the open pipes; a new pipe opens only when every
-        open one is full (see :meth:`_grow_pipes`), which keeps the count of
-        connections low for servers that serve one at a time.
+        Reserved now, so that concurrent callers see it; the caller then
+        connects with :meth:`connect_pooled`.
         """
-        depth = self._depth
-        best: Pipe[Replica[Holder]] | None = None
-        for pipe in self._pipes:
-            if (
-                pipe.has_room(depth)
-                and not pipe.replica.stale
-                and (best is None or pipe.in_flight < best.in_flight)
-            ):
-                best = pipe
-        return best
-
-    def _grow_pipes(self) -> None:
-        if self._closed:
-            return
         limit = self.settings.max_connections
         candidates = [r for r in self._live_replicas() if r.can_grow(limit)]
         if not candidates:
-            return
+            return None
         replica = min(candidates, key=lambda r: (r.established, r.failures))
         replica.open_started()
-        self.spawn(self._open_pipe(replica))
+        return replica
 
-    async def _open_pipe(self, replica: Replica[Holder]) -> None:
-        try:
-            conn = await self._connect(replica, pooled=True, reserved=True)
-        except (ConnbridgeError, OSError) as exc:
-            logger.debug("backend %s: opening a pipelined connection failed: %s", self.name, exc)
-            self._wake_pipe_waiters()
-            return
-        self._adopt(conn, replica, pipelined=True)
+    async def connect_pooled(self, replica: Replica[Holder]) -> Connection:
+        return await self._connect(replica, pooled=True, reserved=True)
 
-    def _adopt_pipe(self, conn: Connection, replica: Replica[Holder]) -> None:
-        loop = self._loop or asyncio.get_running_loop()
-        pipe: Pipe[Replica[Holder]] = Pipe(conn, replica, loop.time())
+    def has_hope(self) -> bool:
+        return self._has_hope()
 
-        def answered() -> None:
-            pipe.last_used = loop.time()
-            if conn.closed:
-                self._pipe_gone(pipe)
-            elif pipe.retiring and pipe.in_flight == 0:
-                self._close_pipe(pipe, "make_room" if replica.stalled else "retired")
-            else:
-                self._wake_pipe_waiters(1)
+    def unavailable(self) -> ConnbridgeError:
+        return self._unavailable()
 
-        def stray() -> None:
-            if pipe.in_flight:
-                return
-            if conn.has_unread_data():
-                # A frame nobody asked for: this backend breaks the contract
-                # pipelining needs. Stop pipelining on the whole pool.
-                replica.reuse = Reuse.NEVER
-                self.count_violation(replica)
-                logger.warning(
-                    "backend %s: %s sent a reply nobody asked for; pipelining is "
-                    "turned off and its connections are no longer reused",
-                    self.name,
-                    replica.address,
-                )
-                self._depth = 1
-                self._close_pipe(pipe, "stray_reply")
-                for other in list(self._pipes):
-                    other.retiring = True
-                    if other.in_flight == 0:
-                        self._close_pipe(other, "no_reuse")
-            else:
-                self._pipe_gone(pipe)
+    def exhausted(self, limit: float) -> ConnbridgeError:
+        return self._exhausted(limit)
 
-        conn.start_pipelining(answered)
-        conn.watch(stray)
-        self._pipes.append(pipe)
+    def overloaded(self, waiting: int) -> ConnbridgeError:
+        self._errors["overloaded"] += 1
+        return PoolOverloaded(f"backend {self.name}: {waiting} callers already wait")
+
+    def note_wait(self, seconds: float) -> None:
+        self._waits += 1
+        self._wait_total += seconds
+        self._wait_max = max(self._wait_max, seconds)
+
+    def note_opened(self) -> None:
         self._opened += 1
-        if self._closed:
-            self._close_pipe(pipe, "shutdown")
-            return
-        if replica.must_make_room():
-            self._retire_one_pipe(replica)
-        self._wake_pipe_waiters()
 
-    def _retire_one_pipe(self, replica: Replica[Holder]) -> None:
-        """A silent handshake waits behind our pipes: let the least busy one end."""
-        mine = [p for p in self._pipes if p.replica is replica and not p.retiring]
-        if len(mine) <= 1 and replica.stalled == 0:
-            return
-        pipe = min(mine, key=lambda p: p.in_flight, default=None)
-        if pipe is None:
-            return
-        pipe.retiring = True
-        if pipe.in_flight == 0:
-            self._close_pipe(pipe, "make_room")
-
-    def _pipe_gone(self, pipe: Pipe[Replica[Holder]]) -> None:
-        """The server closed a pipelined connection (its calls in flight failed)."""
-        self._close_pipe(pipe, "idle_eof" if pipe.in_flight == 0 else "error")
-
-    def _close_pipe(self, pipe: Pipe[Replica[Holder]], reason: str) -> None:
-        if pipe.closed:
-            return
-        pipe.closed = True
-        with contextlib.suppress(ValueError):
-            self._pipes.remove(pipe)
-        pipe.conn.watch(None)
-        pipe.replica.closed()
-        self.count_close(reason)
-        self.spawn(pipe.conn.close(timeout=self.settings.drain_timeout))
+    def note_released(self) -> None:
         self._released.set()
-        self._wake_pipe_waiters()
-
-    def _wake_pipe_waiters(self, count: int | None = None) -> None:
-        woken = 0
-        for room in self._pipe_waiters:
-            if not room.done():
-                room.set_result(None)
-                woken += 1
-                if count is not None and woken >= count:
-                    return
 
     def _abandon(self, holder: Holder) -> None:
         """An exchange whose reply may still come: drain it, or close when never reused."""
@@ -800,17 +642,8 @@ class Pool:
         if self.ready:
             return True
         loop = self._loop or asyncio.get_running_loop()
-        if self._depth > 1:
-            if not self._pipes:
-                self._grow_pipes()
-                room: asyncio.Future[None] = loop.create_future()
-                self._pipe_waiters.append(room)
-                timer = loop.call_at(loop.time() + timeout, expire, room)
-                with contextlib.suppress(TimeoutError):
-                    await room
-                timer.cancel()
-                with contextlib.suppress(ValueError):
-                    self._pipe_waiters.remove(room)
+        if self._pipelines.on:
+            await self._pipelines.wait_ready(timeout)
             return self.ready
         try:
             holder = await self._acquire(loop.time() + timeout, timeout)
@@ -848,7 +681,7 @@ class Pool:
             "name": self.name,
             "open": sum(r.established for r in replicas),
             "idle": sum(len(r.idle) for r in replicas),
-            "in_use": sum(r.in_use for r in replicas) + sum(p.in_flight for p in self._pipes),
+            "in_use": sum(r.in_use for r in replicas) + self._pipelines.in_flight,
             "draining": sum(r.draining for r in replicas),
             "opening": sum(r.opening for r in replicas),
             "stalled_handshakes": sum(r.stalled for r in replicas),
@@ -1001,9 +834,6 @@ class Pool:
         for replica in self._replicas.values():
             while replica.idle:
                 replica.idle[0].close(reason)
-        for pipe in list(self._pipes):
-            if pipe.retiring and pipe.in_flight == 0:
-                self._close_pipe(pipe, reason)
 
     def _fail_waiters(self, exc: ConnbridgeError) -> None:
         while self._waiters:
@@ -1026,7 +856,7 @@ class Pool:
     def _has_hope(self) -> bool:
         """Is there any connection, or attempt, that may yet serve a waiter?"""
         now = time.monotonic()
-        if self._pipes:
+        if self._pipelines.pipes:
             return True
         for r in self._replicas.values():
             if r.may_serve:
@@ -1162,7 +992,7 @@ class Pool:
         otherwise a holder, for a waiting caller or the idle list.
         """
         if pipelined:
-            self._adopt_pipe(conn, replica)
+            self._pipelines.adopt(conn, replica)
             return
         self._opened += 1
         holder = Holder(conn, replica, self, time.monotonic())
@@ -1272,8 +1102,8 @@ class Pool:
         replica.stall_started()
         if replica.idle:
             replica.idle[0].close("make_room")  # the server is free to reach the new one
-        elif self._depth > 1:
-            self._retire_one_pipe(replica)
+        elif self._pipelines.on:
+            self._pipelines.retire_one(replica)
         error: ConnbridgeError
         if working:
             # The address works but does not take another connection now: a
@@ -1324,7 +1154,7 @@ class Pool:
         if established:
             # A pipelined pool's calls need a pipe, unless a caller of a
             # whole connection (a stream, a lease) waits for one.
-            self._adopt(conn, replica, pipelined=self._depth > 1 and not self._waiters)
+            self._adopt(conn, replica, pipelined=self._pipelines.on and not self._waiters)
             self._grow()
 
     # housekeeping
@@ -1347,18 +1177,7 @@ class Pool:
                         holder.close("stale")
                     elif holder.conn.has_pending_input():
                         holder.close("idle_eof")
-            loop_now = (self._loop or asyncio.get_running_loop()).time()
-            for pipe in list(self._pipes):
-                if pipe.in_flight:
-                    continue
-                if loop_now - pipe.created > s.max_lifetime:
-                    self._close_pipe(pipe, "lifetime")
-                elif loop_now - pipe.last_used > s.idle_timeout:
-                    self._close_pipe(pipe, "idle")
-                elif pipe.replica.stale:
-                    self._close_pipe(pipe, "stale")
-                elif pipe.replica.must_make_room():
-                    self._close_pipe(pipe, "make_room")
+            self._pipelines.housekeep((self._loop or asyncio.get_running_loop()).time())
             for replica in self._live_replicas():
                 if replica.needs_liveness_check(now, s.readiness_interval):
                     replica.open_started()
