@@ -216,8 +216,8 @@ def _too_much_work(work_limit: int, limits: PickleLimits) -> PickleLimitExceeded
     return PickleLimitExceeded(
         "work_per_byte",
         f"loading the pickle would hash, copy or build more than {work_limit} items "
-        f"({limits.work_per_byte} per byte of pickle plus {limits.max_nodes}): "
-        "shared objects are used over and over",
+        f"(work_per_byte = {limits.work_per_byte} per byte of pickle, plus max_nodes = "
+        f"{limits.max_nodes}): shared objects are used over and over",
     )
 
 
@@ -306,13 +306,19 @@ def _walk(data: bytes, limits: PickleLimits, *, graph: bool) -> tuple[Any, bool]
         size, depth, weight = _fold(items)
         target[_SIZE] = min(target[_SIZE] + size, cap)
         target[_WEIGHT] += weight
+        if graph:
+            target[4].extend(items)
+        if target[_SHARED]:
+            # Its parents' numbers are stale now, and a cycle (which is how
+            # one is built) would inflate its depth at each step: leave the
+            # depth to the recount. The size still grows, since calls and
+            # hashing are charged by it.
+            return True
         if depth >= target[_DEPTH]:
             if depth >= max_depth:
                 raise _too_deep(limits)
             target[_DEPTH] = depth + 1
-        if graph:
-            target[4].extend(items)
-        return bool(target[_SHARED])
+        return False
 
     def pop() -> Any:
         if len(stack) <= fence:
@@ -431,12 +437,12 @@ def _walk(data: bytes, limits: PickleLimits, *, graph: bool) -> tuple[Any, bool]
                     size += target[0]
                     target[0] = size if size < cap else cap
                     target[2] += weight
-                    if depth >= target[1]:
+                    if target[3]:
+                        rewalk = True  # see add_items
+                    elif depth >= target[1]:
                         if depth >= max_depth:
                             raise _too_deep(limits)
                         target[1] = depth + 1
-                    if target[3]:
-                        rewalk = True
                 elif add_items(target, items):
                     rewalk = True
             elif op == 0x5D or op == 0x7D or op == 0x8F:  # EMPTY_LIST, EMPTY_DICT, EMPTY_SET
