@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, Final
 
-from .errors import PickleLimitExceeded
+from .errors import PickleError, PickleLimitExceeded
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -188,7 +188,7 @@ def check(data: bytes, limits: PickleLimits) -> int | None:
         if rewalk:
             result, _ = _walk(data, limits, graph=True)
             result = _recount(result, len(data) + limits.max_nodes)
-            if result[_DEPTH] > limits.max_depth:
+            if result is not None and result[_DEPTH] > limits.max_depth:
                 raise _too_deep(limits)
         _check_result(result, data, limits)
     except _Malformed as exc:
@@ -203,6 +203,10 @@ def _check_result(node: Any, data: bytes, limits: PickleLimits) -> None:
             f"the result expands to more than {len(data) + limits.max_nodes} nodes "
             f"(the pickle's size plus max_nodes = {limits.max_nodes}) through shared references",
         )
+
+
+def _straddles() -> PickleError:
+    return PickleError("refused a pickle with an opcode that runs past the end of its frame")
 
 
 def _too_deep(limits: PickleLimits) -> PickleLimitExceeded:
@@ -260,6 +264,7 @@ def _walk(data: bytes, limits: PickleLimits, *, graph: bool) -> tuple[Any, bool]
     memo: dict[int, Any] = {}
     push = stack.append
     memo_lookup = memo.get
+    framed, limit = False, end
     scalar_width = _SCALAR_WIDTH
     pos = 0
 
@@ -373,246 +378,282 @@ def _walk(data: bytes, limits: PickleLimits, *, graph: bool) -> tuple[Any, bool]
 
     try:
         while True:
-            op = data[pos]
-            pos += 1
-            width = scalar_width[op]
-            if width >= 0:
-                if pos + width < end and data[pos + width] == op:
-                    # A run of the same opcode (a list of Nones or of small
-                    # integers): skip it at the speed of the regex engine.
-                    run = _SCALAR_RUNS[op].match(data, pos - 1)
-                    assert run is not None
-                    stack += repeat(None, (run.end() - pos + 1) // (width + 1))
-                    pos = run.end()
-                else:
-                    pos += width
-                    push(None)
-            elif op == 0x68:  # BINGET
+            while pos < limit:
+                op = data[pos]
                 pos += 1
-                node = memo_lookup(data[pos - 1], memo)  # memo itself: "no such entry"
-                if node is memo:
-                    raise _Malformed
-                if node.__class__ is list:
-                    node[_SHARED] = 1
-                push(node)
-            elif op == 0x94:  # MEMOIZE
-                if len(stack) <= fence:
-                    raise _Malformed
-                memo[len(memo)] = stack[-1]
-            elif op == 0x28:  # MARK
-                fence = len(stack)
-                marks.append(fence)
-            elif op == 0x8C or op == 0x55 or op == 0x43:  # SHORT_BINUNICODE, _BINSTRING, _BINBYTES
-                size = data[pos]
-                pos += 1 + size
-                push(None if size < _WEIGHTY else (1, 0, size))
-            elif op == 0x65 or op == 0x75 or op == 0x90:  # APPENDS, SETITEMS, ADDITEMS
-                if not marks:
-                    raise _Malformed
-                mark = marks.pop()
-                fence = marks[-1] if marks else 0
-                if mark > len(stack) or mark <= fence:
-                    raise _Malformed
-                items = stack[mark:]
-                del stack[mark:]
-                if op == 0x75:
-                    if len(items) % 2:
+                width = scalar_width[op]
+                if width >= 0:
+                    if (
+                        pos + width < limit
+                        and data[pos + width] == op
+                        and (run := _SCALAR_RUNS[op].match(data, pos - 1, limit)) is not None
+                    ):
+                        # A run of the same opcode (a list of Nones or of small
+                        # integers): skip it at the speed of the regex engine.
+                        stack += repeat(None, (run.end() - pos + 1) // (width + 1))
+                        pos = run.end()
+                    else:
+                        pos += width
+                        push(None)
+                elif op == 0x68:  # BINGET
+                    pos += 1
+                    node = memo_lookup(data[pos - 1], memo)  # memo itself: "no such entry"
+                    if node is memo:
                         raise _Malformed
-                    keys = items[0::2]
-                    work += hashed(keys) if any(keys) else len(keys)
-                elif op == 0x90:
-                    work += hashed(items)
-                if work > work_limit:
-                    raise _too_much_work(work_limit, limits)
-                target = stack[-1]
-                if target.__class__ is list and not graph:
-                    # The common case, inlined: add_items for a mutable target.
-                    size = len(items)
-                    depth = weight = 0
-                    for node in filter(None, items):
-                        size += node[0] - 1
-                        weight += node[2]
-                        if node[1] > depth:
-                            depth = node[1]
-                    size += target[0]
-                    target[0] = size if size < cap else cap
-                    target[2] += weight
-                    if target[3]:
-                        rewalk = True  # see add_items
-                    elif depth >= target[1]:
-                        if depth >= max_depth:
-                            raise _too_deep(limits)
-                        target[1] = depth + 1
-                elif add_items(target, items):
-                    rewalk = True
-            elif op == 0x5D or op == 0x7D or op == 0x8F:  # EMPTY_LIST, EMPTY_DICT, EMPTY_SET
-                push([1, 1, 0, 0, []] if graph else [1, 1, 0, 0])
-            elif op == 0x86 or op == 0x85 or op == 0x87:  # TUPLE2, TUPLE1, TUPLE3
-                start = len(stack) + 0x84 - op
-                if start < fence:
-                    raise _Malformed
-                items = stack[start:]
-                del stack[start:]
-                if graph or any(items):
-                    push(new_tuple(items))
-                else:  # scalars only
-                    push(_SCALAR_TUPLES[op - 0x85])
-            elif op == 0x29:  # EMPTY_TUPLE
-                push((1, 1, 0))
-            elif op == 0x71:  # BINPUT
-                pos += 1
-                memo_put(data[pos - 1])
-            elif op == 0x72:  # LONG_BINPUT
-                pos += 4
-                memo_put(int.from_bytes(data[pos - 4 : pos], "little"))
-            elif op == 0x6A:  # LONG_BINGET
-                pos += 4
-                memo_get(int.from_bytes(data[pos - 4 : pos], "little"))
-            elif op in _COUNTED:
-                count_width, signed = _COUNTED[op]
-                pos += count_width
-                if pos > end:
-                    raise _Malformed
-                size = int.from_bytes(data[pos - count_width : pos], "little", signed=signed)
-                if size < 0:
-                    raise _Malformed
-                pos += size
-                push(None if size < _WEIGHTY else (1, 0, size))
-            elif op == 0x61 or op == 0x73:  # APPEND, SETITEM
-                count = 1 if op == 0x61 else 2
-                start = len(stack) - count
-                if start <= fence:
-                    raise _Malformed
-                items = stack[start:]
-                del stack[start:]
-                if op == 0x73:
-                    work += hashed(items[:1])
-                    if work > work_limit:
-                        raise _too_much_work(work_limit, limits)
-                if add_items(stack[-1], items):
-                    rewalk = True
-            elif op == 0x74 or op == 0x6C or op == 0x64 or op == 0x91:
-                # TUPLE, LIST, DICT, FROZENSET
-                mark = marker()
-                items = stack[mark:]
-                del stack[mark:]
-                if op == 0x74:
-                    push(new_tuple(items))
-                elif op == 0x6C:
-                    push(new_mutable(items))
-                elif op == 0x64:
-                    if len(items) % 2:
+                    if node.__class__ is list:
+                        node[_SHARED] = 1
+                    push(node)
+                elif op == 0x94:  # MEMOIZE
+                    if len(stack) <= fence:
                         raise _Malformed
-                    work += hashed(items[0::2])
-                    if work > work_limit:
-                        raise _too_much_work(work_limit, limits)
-                    push(new_mutable(items))
-                else:
-                    work += hashed(items)
-                    if work > work_limit:
-                        raise _too_much_work(work_limit, limits)
-                    push(new_tuple(items))
-            elif op == 0x95:  # FRAME: its contents are read as if it were not there
-                pos += 8
-            elif op == 0x52 or op == 0x81:  # REDUCE, NEWOBJ
-                if len(stack) <= fence + 1:
-                    raise _Malformed
-                args = stack.pop()
-                stack.pop()
-                call(args)
-            elif op == 0x62:  # BUILD
-                state = pop()
-                if len(stack) <= fence:
-                    raise _Malformed
-                if state is not None:
-                    work += state[_SIZE] + state[_WEIGHT]
-                    if work > work_limit:
-                        raise _too_much_work(work_limit, limits)
-                if add_items(stack[-1], [state]):
-                    rewalk = True
-            elif op == 0x93:  # STACK_GLOBAL
-                pop()
-                pop()
-                push(_GLOBAL)
-            elif op == 0x63:  # GLOBAL: module and name, each on a line
-                pos = line()
-                pos = line()
-                push(_GLOBAL)
-            elif op == 0x2E:  # STOP
-                if len(stack) <= fence:
-                    raise _Malformed
-                return stack[-1], rewalk
-            elif op == 0x80:  # PROTO
-                pos += 1
-                if data[pos - 1] > 5:
-                    raise _Malformed
-            elif op in _TEXT_SCALARS:
-                start = pos
-                pos = line()
-                size = pos - start
-                push(None if size < _WEIGHTY else (1, 0, size))
-            elif op == 0x30:  # POP: the mark, if one is on top
-                if marks and marks[-1] == len(stack):
-                    marks.pop()
+                    memo[len(memo)] = stack[-1]
+                elif op == 0x28:  # MARK
+                    fence = len(stack)
+                    marks.append(fence)
+                elif (
+                    op == 0x8C or op == 0x55 or op == 0x43
+                ):  # SHORT_BINUNICODE, _BINSTRING, _BINBYTES
+                    size = data[pos]
+                    pos += 1 + size
+                    push(None if size < _WEIGHTY else (1, 0, size))
+                elif op == 0x65 or op == 0x75 or op == 0x90:  # APPENDS, SETITEMS, ADDITEMS
+                    if not marks:
+                        raise _Malformed
+                    mark = marks.pop()
                     fence = marks[-1] if marks else 0
-                else:
+                    if mark > len(stack) or mark <= fence:
+                        raise _Malformed
+                    items = stack[mark:]
+                    del stack[mark:]
+                    if op == 0x75:
+                        if len(items) % 2:
+                            raise _Malformed
+                        keys = items[0::2]
+                        work += hashed(keys) if any(keys) else len(keys)
+                    elif op == 0x90:
+                        work += hashed(items)
+                    if work > work_limit:
+                        raise _too_much_work(work_limit, limits)
+                    target = stack[-1]
+                    if target.__class__ is list and not graph:
+                        # The common case, inlined: add_items for a mutable target.
+                        size = len(items)
+                        depth = weight = 0
+                        for node in filter(None, items):
+                            size += node[0] - 1
+                            weight += node[2]
+                            if node[1] > depth:
+                                depth = node[1]
+                        size += target[0]
+                        target[0] = size if size < cap else cap
+                        target[2] += weight
+                        if target[3]:
+                            rewalk = True  # see add_items
+                        elif depth >= target[1]:
+                            if depth >= max_depth:
+                                raise _too_deep(limits)
+                            target[1] = depth + 1
+                    elif add_items(target, items):
+                        rewalk = True
+                elif op == 0x5D or op == 0x7D or op == 0x8F:  # EMPTY_LIST, EMPTY_DICT, EMPTY_SET
+                    push([1, 1, 0, 0, []] if graph else [1, 1, 0, 0])
+                elif op == 0x86 or op == 0x85 or op == 0x87:  # TUPLE2, TUPLE1, TUPLE3
+                    start = len(stack) + 0x84 - op
+                    if start < fence:
+                        raise _Malformed
+                    items = stack[start:]
+                    del stack[start:]
+                    if graph or any(items):
+                        push(new_tuple(items))
+                    else:  # scalars only
+                        push(_SCALAR_TUPLES[op - 0x85])
+                elif op == 0x29:  # EMPTY_TUPLE
+                    push((1, 1, 0))
+                elif op == 0x71:  # BINPUT
+                    pos += 1
+                    memo_put(data[pos - 1])
+                elif op == 0x72:  # LONG_BINPUT
+                    pos += 4
+                    memo_put(int.from_bytes(data[pos - 4 : pos], "little"))
+                elif op == 0x6A:  # LONG_BINGET
+                    pos += 4
+                    memo_get(int.from_bytes(data[pos - 4 : pos], "little"))
+                elif op in _COUNTED:
+                    count_width, signed = _COUNTED[op]
+                    pos += count_width
+                    if pos > end:
+                        raise _Malformed
+                    size = int.from_bytes(data[pos - count_width : pos], "little", signed=signed)
+                    if size < 0:
+                        raise _Malformed
+                    if op == 0x96 and pos + size > end:
+                        # A truncated BYTEARRAY8 leaves CPython 3.11's unpickler
+                        # freeing a bytearray it still exports (a SystemError
+                        # on stderr): stop the load before it.
+                        pos -= 1 + count_width
+                        raise _Malformed
+                    pos += size
+                    push(None if size < _WEIGHTY else (1, 0, size))
+                elif op == 0x61 or op == 0x73:  # APPEND, SETITEM
+                    count = 1 if op == 0x61 else 2
+                    start = len(stack) - count
+                    if start <= fence:
+                        raise _Malformed
+                    items = stack[start:]
+                    del stack[start:]
+                    if op == 0x73:
+                        work += hashed(items[:1])
+                        if work > work_limit:
+                            raise _too_much_work(work_limit, limits)
+                    if add_items(stack[-1], items):
+                        rewalk = True
+                elif op == 0x74 or op == 0x6C or op == 0x64 or op == 0x91:
+                    # TUPLE, LIST, DICT, FROZENSET
+                    mark = marker()
+                    items = stack[mark:]
+                    del stack[mark:]
+                    if op == 0x74:
+                        push(new_tuple(items))
+                    elif op == 0x6C:
+                        push(new_mutable(items))
+                    elif op == 0x64:
+                        if len(items) % 2:
+                            raise _Malformed
+                        work += hashed(items[0::2])
+                        if work > work_limit:
+                            raise _too_much_work(work_limit, limits)
+                        push(new_mutable(items))
+                    else:
+                        work += hashed(items)
+                        if work > work_limit:
+                            raise _too_much_work(work_limit, limits)
+                        push(new_tuple(items))
+                elif op == 0x95:  # FRAME
+                    # The unpickler buffers a frame, and an opcode that needs
+                    # more than the rest of the buffer is read from after it:
+                    # frames that do not end on an opcode boundary would be
+                    # read differently from this walk, so they are refused.
+                    pos += 8
+                    if framed and pos > limit:
+                        raise _straddles()
+                    length = int.from_bytes(data[pos - 8 : pos], "little")
+                    if pos > end or pos + length > end:
+                        raise _Malformed
+                    if framed and pos < limit:
+                        if pos + length > limit:
+                            raise _straddles()
+                    else:  # a new frame
+                        framed, limit = True, pos + length
+                elif op == 0x52 or op == 0x81:  # REDUCE, NEWOBJ
+                    if len(stack) <= fence + 1:
+                        raise _Malformed
+                    args = stack.pop()
+                    stack.pop()
+                    call(args)
+                elif op == 0x62:  # BUILD
+                    state = pop()
+                    if len(stack) <= fence:
+                        raise _Malformed
+                    if state is not None:
+                        work += state[_SIZE] + state[_WEIGHT]
+                        if work > work_limit:
+                            raise _too_much_work(work_limit, limits)
+                    if add_items(stack[-1], [state]):
+                        rewalk = True
+                elif op == 0x93:  # STACK_GLOBAL
                     pop()
-            elif op == 0x31:  # POP_MARK
-                del stack[marker() :]
-            elif op == 0x32:  # DUP
-                if len(stack) <= fence:
+                    pop()
+                    push(_GLOBAL)
+                elif op == 0x63:  # GLOBAL: module and name, each on a line
+                    pos = line()
+                    pos = line()
+                    push(_GLOBAL)
+                elif op == 0x2E:  # STOP
+                    if len(stack) <= fence:
+                        raise _Malformed
+                    return stack[-1], rewalk
+                elif op == 0x80:  # PROTO
+                    pos += 1
+                    if data[pos - 1] > 5:
+                        raise _Malformed
+                elif op in _TEXT_SCALARS:
+                    start = pos
+                    pos = line()
+                    size = pos - start
+                    push(None if size < _WEIGHTY else (1, 0, size))
+                elif op == 0x30:  # POP: the mark, if one is on top
+                    if marks and marks[-1] == len(stack):
+                        marks.pop()
+                        fence = marks[-1] if marks else 0
+                    else:
+                        pop()
+                elif op == 0x31:  # POP_MARK
+                    del stack[marker() :]
+                elif op == 0x32:  # DUP
+                    if len(stack) <= fence:
+                        raise _Malformed
+                    node = stack[-1]
+                    if type(node) is list:
+                        node[_SHARED] = 1
+                    push(node)
+                elif op == 0x67 or op == 0x70:  # GET, PUT: a decimal index on a line
+                    start = pos
+                    pos = line()
+                    try:
+                        # The unpickler parses the line as a C string: up to a NUL.
+                        index = int(data[start:pos].partition(b"\0")[0])
+                    except ValueError:
+                        raise _Malformed from None
+                    if index < 0:
+                        raise _Malformed
+                    if op == 0x67:
+                        memo_get(index)
+                    else:
+                        memo_put(index)
+                elif op == 0x6F:  # OBJ: MARK class args...
+                    mark = marker()
+                    if len(stack) - mark < 1:
+                        raise _Malformed
+                    items = stack[mark + 1 :]
+                    del stack[mark:]
+                    call(new_tuple(items))
+                elif op == 0x69:  # INST: module and name lines, MARK args...
+                    pos = line()
+                    pos = line()
+                    mark = marker()
+                    items = stack[mark:]
+                    del stack[mark:]
+                    call(new_tuple(items))
+                elif op == 0x92:  # NEWOBJ_EX: class, args, kwargs
+                    kwargs = pop()
+                    args = pop()
+                    pop()
+                    if kwargs is not None:
+                        work += kwargs[_SIZE] + kwargs[_WEIGHT]
+                    call(args)
+                elif op == 0x82 or op == 0x83 or op == 0x84:  # EXT1, EXT2, EXT4
+                    pos += (1, 2, 4)[op - 0x82]
+                    push(_GLOBAL)
+                elif op == 0x98:  # READONLY_BUFFER
+                    # Only meaningful after NEXT_BUFFER (out-of-band data, which
+                    # replies never have), and it corrupts a bytearray's
+                    # export count in CPython 3.11's unpickler.
+                    raise PickleError("refused a READONLY_BUFFER opcode: replies have no buffers")
+                elif op == 0x50:  # PERSID: the unpickler reads the ID, then refuses it
+                    pos = line()
                     raise _Malformed
-                node = stack[-1]
-                if type(node) is list:
-                    node[_SHARED] = 1
-                push(node)
-            elif op == 0x67 or op == 0x70:  # GET, PUT: a decimal index on a line
-                start = pos
-                pos = line()
-                try:
-                    index = int(data[start : pos - 1])
-                except ValueError:
-                    raise _Malformed from None
-                if index < 0:
-                    raise _Malformed
-                if op == 0x67:
-                    memo_get(index)
                 else:
-                    memo_put(index)
-            elif op == 0x6F:  # OBJ: MARK class args...
-                mark = marker()
-                if len(stack) - mark < 1:
+                    # PERSID, BINPERSID (refused by the unpickler), NEXT_BUFFER (no
+                    # buffers are given) and unknown opcodes: the load fails here.
                     raise _Malformed
-                items = stack[mark + 1 :]
-                del stack[mark:]
-                call(new_tuple(items))
-            elif op == 0x69:  # INST: module and name lines, MARK args...
-                pos = line()
-                pos = line()
-                mark = marker()
-                items = stack[mark:]
-                del stack[mark:]
-                call(new_tuple(items))
-            elif op == 0x92:  # NEWOBJ_EX: class, args, kwargs
-                kwargs = pop()
-                args = pop()
-                pop()
-                if kwargs is not None:
-                    work += kwargs[_SIZE] + kwargs[_WEIGHT]
-                call(args)
-            elif op == 0x82 or op == 0x83 or op == 0x84:  # EXT1, EXT2, EXT4
-                pos += (1, 2, 4)[op - 0x82]
-                push(_GLOBAL)
-            elif op == 0x98:  # READONLY_BUFFER: the top becomes a read-only view
-                if len(stack) <= fence:
-                    raise _Malformed
-            elif op == 0x50:  # PERSID: the unpickler reads the ID, then refuses it
-                pos = line()
-                raise _Malformed
+
+            # Past the end of the data, or of the frame being read.
+            if framed and pos == limit:
+                framed, limit = False, end  # out of the frame: read on
+            elif framed:
+                raise _straddles()
             else:
-                # PERSID, BINPERSID (refused by the unpickler), NEXT_BUFFER (no
-                # buffers are given) and unknown opcodes: the load fails here.
-                raise _Malformed
+                raise _Malformed  # the data ended before STOP
     except (_Malformed, IndexError):
         # IndexError: the pickle ended before STOP.
         raise _Malformed(pos) from None

@@ -350,8 +350,8 @@ def test_a_pickle_called_malformed_fails_in_the_unpickler_too(
     mutated = bytes(data)
     try:
         stop = check(mutated, PickleLimits(max_nodes=10_000))
-    except PickleLimitExceeded:
-        return  # refused: nothing is loaded
+    except PickleError:
+        return  # refused (over a limit, or frames it cannot read alike): nothing is loaded
     if stop is not None:
         # The check saw the unpickler fail at ``stop``: it must, on the whole
         # pickle and on the part up to there.
