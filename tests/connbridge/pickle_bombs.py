@@ -257,3 +257,19 @@ BOMBS: dict[str, Callable[[], bytes]] = {
     "build-on-a-class": build_on_a_class,
     "ordered-dict-reconstructor": ordered_dict_reconstructor,
 }
+
+
+#: The attacks of issue 12 at full size, their siblings smaller (still far over
+#: every limit): what the gateway test serves, in turn and at once, while it
+#: measures how long the gateway takes to answer others.
+GATEWAY_BOMBS: dict[str, Callable[[], bytes]] = {
+    **BOMBS,
+    "tuple-copies": lambda: tuple_copies(items=200_000),
+    "set-copies": lambda: set_copies(items=200_000),
+    "exception-group-copies": lambda: exception_group_copies(items=20_000),
+    "shared-build-state": lambda: shared_build_state(keys=20_000),
+    "deep-lists": lambda: deep_lists(20_000),
+    "deep-dicts": lambda: deep_dicts(20_000),
+    "deep-frozensets": lambda: deep_frozensets(20_000),
+    "deep-tuples": lambda: deep_tuples(20_000),
+}
