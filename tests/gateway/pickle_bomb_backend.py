@@ -20,7 +20,7 @@ from multiprocessing.connection import Listener
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "connbridge"))
 
-from pickle_bombs import GATEWAY_BOMBS as BOMBS  # noqa: E402
+from pickle_bombs import GATEWAY_BOMBS as BOMBS
 
 _BUILT = {}
 _LOCK = threading.Lock()
