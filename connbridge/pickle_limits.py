@@ -33,10 +33,19 @@ length in bytes.  From those it refuses, with :class:`PickleLimitExceeded`:
   state expand to, counting bytes for strings and long integers;
 * a result whose expansion exceeds the pickle's size plus ``max_nodes``;
 * a memo index beyond the pickle's size, and BUILD or item opcodes applied
-  to a class or function (it would change it for every later load).
+  to a class or function (it would change it for every later load);
+* frames that do not end on an opcode boundary (the unpickler, reading from
+  a file, would read the straddling opcode from after the frame: not what
+  this walk saw).
+
+Before loading, nothing but the walk has run; what it passes may still make
+an allowed constructor refuse its arguments (see :mod:`connbridge.unpickler`).
 
 Everything the walk does is linear in the pickle's size; most opcodes cost
-one table lookup and one append.  Where the walk finds the pickle malformed
+one comparison or table lookup and one append, runs of the same scalar
+opcode are skipped by the regex engine.  It is still Python: about 90 ms for
+a 1 MiB pickle of JSON-like records (half a million opcodes), where the C
+unpickler takes 12 ms.  Where the walk finds the pickle malformed
 (truncated, unknown opcode, stack or mark underflow, missing memo entry,
 persistent IDs, out-of-band buffers) the C unpickler fails at that same
 point, so the walk stops and lets the unpickler report it in its own words.
@@ -182,6 +191,9 @@ def check(data: bytes, limits: PickleLimits) -> int | None:
 
     Raises:
         PickleLimitExceeded: loading ``data`` would exceed one of ``limits``.
+        PickleError: the unpickler would read ``data`` differently from this
+            walk (an opcode that runs past the end of its frame), or it holds
+            READONLY_BUFFER (which only out-of-band buffers use).
     """
     try:
         result, rewalk = _walk(data, limits, graph=False)
@@ -381,8 +393,19 @@ def _walk(data: bytes, limits: PickleLimits, *, graph: bool) -> tuple[Any, bool]
             while pos < limit:
                 op = data[pos]
                 pos += 1
-                width = scalar_width[op]
-                if width >= 0:
+                if op == 0x68:  # BINGET
+                    pos += 1
+                    node = memo_lookup(data[pos - 1], memo)  # memo itself: "no such entry"
+                    if node is memo:
+                        raise _Malformed
+                    if node.__class__ is list:
+                        node[_SHARED] = 1
+                    push(node)
+                elif op == 0x94:  # MEMOIZE
+                    if len(stack) <= fence:
+                        raise _Malformed
+                    memo[len(memo)] = stack[-1]
+                elif (width := scalar_width[op]) >= 0:
                     if (
                         pos + width < limit
                         and data[pos + width] == op
@@ -395,18 +418,6 @@ def _walk(data: bytes, limits: PickleLimits, *, graph: bool) -> tuple[Any, bool]
                     else:
                         pos += width
                         push(None)
-                elif op == 0x68:  # BINGET
-                    pos += 1
-                    node = memo_lookup(data[pos - 1], memo)  # memo itself: "no such entry"
-                    if node is memo:
-                        raise _Malformed
-                    if node.__class__ is list:
-                        node[_SHARED] = 1
-                    push(node)
-                elif op == 0x94:  # MEMOIZE
-                    if len(stack) <= fence:
-                        raise _Malformed
-                    memo[len(memo)] = stack[-1]
                 elif op == 0x28:  # MARK
                     fence = len(stack)
                     marks.append(fence)

@@ -372,3 +372,46 @@ def test_allowed_values_of_every_kind_pass_the_check() -> None:
     ]
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         assert check(pickle.dumps(value, protocol), PickleLimits()) is None
+
+
+def test_an_opcode_across_the_end_of_a_frame_is_refused() -> None:
+    # The unpickler reads an opcode that does not fit in the rest of its
+    # frame from after the frame, dropping the rest: this walk would have
+    # checked other opcodes than the ones that run.
+    honest = pickle.dumps([1.5, "x" * 10], 4)
+    assert honest[2:3] == b"\x95"  # PROTO 4, then FRAME
+    length = int.from_bytes(honest[3:11], "little")
+    assert loads(honest) == [1.5, "x" * 10]
+    assert length == 27
+    for shorter in (5, 16):  # inside the float, inside the string
+        data = honest[:3] + shorter.to_bytes(8, "little") + honest[11:]
+        with pytest.raises(PickleError, match="frame") as info:
+            loads(data)
+        assert not isinstance(info.value, PickleLimitExceeded)
+    # A frame that ends on an opcode boundary is read alike: it loads.
+    assert loads(honest[:3] + (1).to_bytes(8, "little") + honest[11:]) == [1.5, "x" * 10]
+
+
+def test_readonly_buffer_is_refused() -> None:
+    # In-band data never uses it; on a bytearray, CPython 3.11's unpickler
+    # frees the bytearray while a view of it still exists.
+    data = b"\x80\x05\x96" + (3).to_bytes(8, "little") + b"abc\x98."
+    with pytest.raises(PickleError, match="READONLY_BUFFER"):
+        loads(data)
+
+
+def test_a_truncated_bytearray_is_a_clean_error() -> None:
+    # The unpickler itself would print "SystemError: deallocated bytearray
+    # object has exported buffers" for it (run in a child to see stderr).
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from connbridge.unpickler import loads\n"
+        "from connbridge.errors import PickleError\n"
+        "data = b'\\x80\\x05\\x96' + (1 << 20).to_bytes(8, 'little') + b'abc'\n"
+        "try:\n    loads(data)\nexcept PickleError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(HERE)], capture_output=True, text=True, timeout=60
+    )
+    assert "ended early" in result.stdout, result
+    assert "SystemError" not in result.stderr, result.stderr
