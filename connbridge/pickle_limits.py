@@ -32,7 +32,8 @@ length in bytes.  From those it refuses, with :class:`PickleLimitExceeded`:
   (REDUCE, NEWOBJ, OBJ, INST: constructors iterate and copy them) and a BUILD
   state expand to, counting bytes for strings and long integers;
 * a result whose expansion exceeds the pickle's size plus ``max_nodes``;
-* a memo index beyond the pickle's size, and BUILD or item opcodes applied
+* a memo index beyond the pickle's size (the unpickler would allocate a
+  table that large), and BUILD or item opcodes applied
   to a class or function (it would change it for every later load);
 * frames that do not end on an opcode boundary (the unpickler, reading from
   a file, would read the straddling opcode from after the frame: not what
@@ -129,7 +130,8 @@ class _Malformed(Exception):
 #                         the memo or DUP, after which changing it makes the
 #                         sizes recorded in its parents stale
 # ``weight`` is the bytes of strings, bytes and integers among an object's
-# items, which constructors copy and hashing reads.
+# items, which constructors copy and hashing reads (counted once per call for
+# an object passed several times).
 _GLOBAL: Final = (1, 0, 0)  # a class or function from find_class; compared by identity
 
 # Strings, bytes and integers shorter than this are plain scalars (None).
@@ -291,7 +293,11 @@ def _walk(data: bytes, limits: PickleLimits, *, graph: bool) -> tuple[Any, bool]
         return cost
 
     def new_tuple(items: list[Any]) -> Any:
+        # Call arguments are tuples: a string passed twice to one call is
+        # copied (or hashed: hashes of str and bytes are cached) once at most.
         size, depth, weight = _fold(items)
+        if weight:
+            weight = sum({id(node): node[_WEIGHT] for node in filter(None, items)}.values())
         depth += 1
         if depth > max_depth:
             raise _too_deep(limits)
@@ -359,7 +365,7 @@ def _walk(data: bytes, limits: PickleLimits, *, graph: bool) -> tuple[Any, bool]
     def memo_put(index: int) -> None:
         if len(stack) <= fence:
             raise _Malformed
-        if index > end:
+        if index > end + 1024:  # the pickler numbers them 0, 1, 2...
             raise PickleLimitExceeded(
                 "memo", f"refused a memo index of {index}: larger than the pickle itself"
             )

@@ -97,7 +97,9 @@ data = BOMBS[sys.argv[2]]()
 try:
     loads(data)
 except PickleError as exc:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: that one keeps the parent's peak across exec.
+    status = open("/proc/self/status").read()
+    peak = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
     print(type(exc).__name__, peak)
 else:
     print("loaded")
