@@ -36,7 +36,10 @@ or expand through shared references to more than its size plus
 ``max_nodes`` nodes.  So what a pickle can cost is bounded by its size: the
 memory and the time a load takes are at most a constant times the pickle's
 size plus a fixed allowance, and the C stack at most ``max_depth`` levels
-deep (hashing nested tuples recurses in C).
+deep (hashing nested tuples recurses in C).  The constant is that of any
+unpickler, not one a hostile pickle can raise: one byte of opcode can make
+one small object (an empty dict: about 100 bytes), and the walk itself takes
+about 0.1 to 0.2 us per opcode.
 
 Python 2 pickles name ``__builtin__``, ``exceptions`` and ``copy_reg``; those
 names are mapped to their Python 3 homes with the stdlib's own tables before
