@@ -54,7 +54,6 @@ finite floats, strings without lone surrogates, and nesting within
 
 from __future__ import annotations
 
-import builtins
 import datetime
 import decimal
 import fractions
@@ -67,6 +66,8 @@ from typing import Any, Final, Literal, NoReturn
 import pybase64
 
 from .errors import PayloadError, ResultError
+from .plain_types import BUILTIN_EXCEPTIONS as _EXCEPTIONS
+from .plain_types import FRACTION_TEXT as _FRACTION_TEXT
 
 __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
@@ -91,16 +92,8 @@ holds (4/3 of it for bytes), so this leaves room for a full 64 MiB frame.
 _INT_MIN: Final = -(2**63)  # orjson's integer range: signed and unsigned 64-bit
 _INT_MAX: Final = 2**64 - 1
 
-# Builtin exception classes by every name builtins gives them.
-_EXCEPTIONS: Final[dict[str, type[BaseException]]] = {
-    name: obj
-    for name, obj in vars(builtins).items()
-    if isinstance(obj, type) and issubclass(obj, BaseException)
-}
-
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _INT_TEXT: Final = re.compile(r"[+-]?[0-9]+")
-_FRACTION_TEXT: Final = re.compile(r"([+-]?[0-9]+)(?:/([0-9]+))?")
 _SECONDS_TEXT: Final = re.compile(r"([+-]?)([0-9]+)(?:\.([0-9]+))?")
 _DECIMAL_TEXT: Final = re.compile(
     r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf(?:inity)?|s?nan[0-9]*)",

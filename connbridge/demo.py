@@ -51,7 +51,6 @@ Two deliberate differences from a naive Listener server:
 from __future__ import annotations
 
 import argparse
-import builtins
 import contextlib
 import io
 import logging
@@ -68,6 +67,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing import connection as mpc
 from types import FrameType, TracebackType
 from typing import Any, Final, NoReturn, Self
+
+from .plain_types import BUILTIN_EXCEPTIONS
 
 __all__ = [
     "AUTHKEY_ENV",
@@ -159,10 +160,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _builtin_exception(name: str) -> type[BaseException] | None:
-    value = getattr(builtins, name, None)
-    if isinstance(value, type) and issubclass(value, BaseException):
-        return value
-    return None
+    return BUILTIN_EXCEPTIONS.get(name)
 
 
 def _loads(data: bytes) -> object:

@@ -31,7 +31,8 @@ translated where they cross into the library and chained with ``from``.
         ├── PayloadError              (also ValueError) JSON that cannot become Python
         ├── ResultError               a Python value that cannot become JSON
         └── PickleError               a pickle that cannot be loaded or made
-            └── RefusedGlobal         the pickle names a global outside the allowlist
+            ├── RefusedGlobal         the pickle names a global outside the allowlist
+            └── PickleLimitExceeded   loading it would cost more than the limits allow
 
 No exception message ever contains an authkey.
 """
@@ -57,6 +58,7 @@ __all__ = [
     "LeaseReleased",
     "PayloadError",
     "PickleError",
+    "PickleLimitExceeded",
     "PoolClosed",
     "PoolError",
     "PoolOverloaded",
@@ -223,3 +225,15 @@ class RefusedGlobal(PickleError):
         super().__init__(f"refused to unpickle global {module}.{name}: not in the allowlist")
         self.module = module
         self.name = name
+
+
+class PickleLimitExceeded(PickleError):
+    """A pickle was refused before loading: it would nest, hash, copy or build too much.
+
+    ``limit`` names the bound that was exceeded (``"max_depth"``,
+    ``"max_hashed_nodes"``, ``"work_per_byte"``, ``"max_nodes"``, ...).
+    """
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(f"refused the pickle: {message}")
+        self.limit = limit

@@ -18,9 +18,28 @@ pickles use:
   protocols 0-2 spell ``bytes``);
 * ``copyreg._reconstructor``: only for classes in the table, with a plain
   builtin base (how protocols 0-1 spell most class instances, ``UUID`` among
-  them);
+  them), and only where that base rebuilds the class exactly (an
+  ``OrderedDict`` rebuilt by ``dict`` would come back empty);
 * ``fractions.Fraction``: only integers or an ``"n/d"`` string (its string
-  parser would expand ``"1e999999999"`` into a billion-digit integer).
+  parser would expand ``"1e999999999"`` into a billion-digit integer);
+* ``fractions.Fraction`` and ``decimal.Decimal``: integers of at most
+  :data:`MAX_NUMBER_BITS` bits (a gcd, or the conversion of an integer to a
+  Decimal, takes time quadratic in its size: 18 s for four million bits).
+
+Before any of that, :func:`connbridge.pickle_limits.check` walks the
+pickle's opcodes and refuses, with
+:class:`~connbridge.errors.PickleLimitExceeded`, one that would nest deeper
+than ``max_depth``, hash a set member or dict key of more than
+``max_hashed_nodes`` nodes, make constructors, hashing and BUILD do more
+than ``work_per_byte`` items of work per byte of pickle (plus ``max_nodes``),
+or expand through shared references to more than its size plus
+``max_nodes`` nodes.  So what a pickle can cost is bounded by its size: the
+memory and the time a load takes are at most a constant times the pickle's
+size plus a fixed allowance, and the C stack at most ``max_depth`` levels
+deep (hashing nested tuples recurses in C).  The constant is that of any
+unpickler, not one a hostile pickle can raise: one byte of opcode can make
+one small object (an empty dict: about 100 bytes), and the walk itself takes
+about 0.1 to 0.2 us per opcode.
 
 Python 2 pickles name ``__builtin__``, ``exceptions`` and ``copy_reg``; those
 names are mapped to their Python 3 homes with the stdlib's own tables before
@@ -29,33 +48,41 @@ by default).  A Python 2 ``datetime``/``date``/``time`` stores its state as a
 binary byte string, so pickles holding them need ``encoding="latin1"`` (or
 ``"bytes"``, which turns every Python 2 ``str`` into ``bytes``).
 
-Known limit: the allowed types cannot run code or allocate more than the
-pickle's size suggests, but a small pickle can still spend a lot of CPU time
-hashing deeply *shared* tuples put into a set or used as dict keys (tuple
-hashes are not cached).  Backends are configured by the operator; this
-unpickler is a defence against a compromised one, not a sandbox with CPU
-limits.
+Known limits: distinct values with equal hashes (integers equal modulo
+2**61 - 1) make a set or dict quadratic to build: 20,000 of them, 200 KB of
+pickle, take about 1.5 s.  The ``__hash__`` of extra allowlisted classes is
+assumed to be cheap.  Backends are configured by the operator; this
+unpickler is a defence against a compromised one, not a sandbox.
 """
 
 from __future__ import annotations
 
-import builtins
 import codecs
 import copyreg
+import decimal
 import fractions
 import importlib
 import io
 import pickle
 import pickletools
-import re
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from .errors import PickleError, RefusedGlobal
+from .pickle_limits import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_HASHED_NODES,
+    DEFAULT_MAX_NODES,
+    DEFAULT_WORK_PER_BYTE,
+    PickleLimits,
+    check,
+)
+from .plain_types import BUILTIN_EXCEPTIONS, FRACTION_TEXT
 
 __all__ = [
     "DEFAULT_ALLOWLIST",
+    "MAX_NUMBER_BITS",
     "loads",
     "make_dumps",
     "make_loads",
@@ -66,11 +93,7 @@ _Table = dict[tuple[str, str], object]
 
 # Every builtin exception class, under each name builtins gives it (so the
 # aliases IOError and EnvironmentError, which Python 2 pickles use, resolve).
-_EXCEPTION_ENTRIES: Final = frozenset(
-    f"builtins:{name}"
-    for name, obj in vars(builtins).items()
-    if isinstance(obj, type) and issubclass(obj, BaseException)
-)
+_EXCEPTION_ENTRIES: Final = frozenset(f"builtins:{name}" for name in BUILTIN_EXCEPTIONS)
 
 DEFAULT_ALLOWLIST: Final[frozenset[str]] = frozenset(
     {
@@ -111,7 +134,8 @@ _LATIN1_NAMES: Final = frozenset({"latin_1", "latin1", "iso_8859_1", "iso8859_1"
 # hostile ``state``, where int or str would parse or allocate from it.
 _SAFE_BASES: Final = frozenset({object, tuple, list, dict, set, frozenset})
 
-_FRACTION_TEXT: Final = re.compile(r"[+-]?[0-9]+(?:/[0-9]+)?")
+MAX_NUMBER_BITS: Final = 16_384
+"""Largest integer, in bits, that ``Fraction`` and ``Decimal`` are called with (see above)."""
 
 _MAX_MESSAGE: Final = 200
 
@@ -178,14 +202,37 @@ def _guarded_fraction(numerator: object = 0, denominator: object = None) -> frac
     # compute a huge power of ten, so only plain integers get through.
     if denominator is None:
         if type(numerator) is int:
-            return fractions.Fraction(numerator)
+            return fractions.Fraction(_small_int(numerator, "fractions.Fraction"))
         text = _text(numerator)
-        if text is not None and _FRACTION_TEXT.fullmatch(text):
-            top, _, bottom = text.partition("/")
-            return fractions.Fraction(int(top), int(bottom) if bottom else 1)
-    elif type(numerator) is int and type(denominator) is int:
-        return fractions.Fraction(numerator, denominator)
+        match = FRACTION_TEXT.fullmatch(text) if text is not None else None
+        if match is not None:
+            top, bottom = match.groups()
+            numerator, denominator = int(top), int(bottom or 1)
+    if type(numerator) is int and type(denominator) is int:
+        return fractions.Fraction(
+            _small_int(numerator, "fractions.Fraction"),
+            _small_int(denominator, "fractions.Fraction"),
+        )
     raise PickleError("refused fractions.Fraction() arguments: only integers or an 'n/d' string")
+
+
+def _small_int(value: int, kind: str) -> int:
+    if value.bit_length() > MAX_NUMBER_BITS:
+        raise PickleError(
+            f"refused {kind}() of a {value.bit_length()}-bit integer: more than "
+            f"{MAX_NUMBER_BITS} bits would take quadratic time"
+        )
+    return value
+
+
+def _guarded_decimal(value: object = "0", context: object = None) -> decimal.Decimal:
+    # Decimal pickles as Decimal(str); an integer argument is converted in
+    # time quadratic in its size.
+    if context is not None:
+        raise PickleError("refused decimal.Decimal() with a context")
+    if type(value) is int:
+        _small_int(value, "decimal.Decimal")
+    return decimal.Decimal(value)  # type: ignore[arg-type]
 
 
 _GUARDS: Final[dict[str, object]] = {
@@ -193,6 +240,7 @@ _GUARDS: Final[dict[str, object]] = {
     "builtins:bytearray": _guarded_bytearray,
     "_codecs:encode": _guarded_encode,
     "fractions:Fraction": _guarded_fraction,
+    "decimal:Decimal": _guarded_decimal,
 }
 
 
@@ -218,6 +266,16 @@ def _make_reconstructor(classes: frozenset[type]) -> Callable[..., object]:
             )
         if base is object:
             return object.__new__(cls)
+        own: Any = cls  # type objects: compare the constructors they would run
+        if own.__new__ is not base.__new__ or own.__init__ is not base.__init__:
+            # The base would fill the object without the class's own
+            # constructor: OrderedDict(dict) comes back empty. A pickler
+            # never writes this for such a class; refuse rather than
+            # return a different value.
+            raise PickleError(
+                f"refused copyreg._reconstructor({_qualified(cls)}, {_qualified(base)}, ...): "
+                f"{_qualified(base)} cannot rebuild a {_qualified(cls)} exactly"
+            )
         container: Any = base  # one of the _SAFE_BASES containers
         obj = container.__new__(cls, state)
         if container.__init__ is not object.__init__:  # tuple and frozenset have none
@@ -347,37 +405,65 @@ def _describe(exc: Exception, encoding: str) -> str:
     return _short(f"cannot unpickle: {type(exc).__name__}: {exc}")
 
 
-def make_loads(extra: Iterable[str] = (), *, encoding: str = "utf-8") -> Callable[[bytes], object]:
-    """Build a ``loads(data)`` that unpickles only allowlisted globals.
+def make_loads(
+    extra: Iterable[str] = (),
+    *,
+    encoding: str = "utf-8",
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_hashed_nodes: int = DEFAULT_MAX_HASHED_NODES,
+    max_nodes: int = DEFAULT_MAX_NODES,
+    work_per_byte: int = DEFAULT_WORK_PER_BYTE,
+) -> Callable[[bytes], object]:
+    """Build a ``loads(data)`` that unpickles only allowlisted globals, within limits.
 
     ``extra`` adds ``"module:qualname"`` entries to :data:`DEFAULT_ALLOWLIST`;
     they are imported now, never while loading.  ``encoding`` decodes the
     byte strings of Python 2 pickles: a codec name, or ``"bytes"`` to keep
-    them as ``bytes``.
+    them as ``bytes``.  The other arguments bound what a pickle may cost
+    (see :mod:`connbridge.pickle_limits`): ``max_depth`` levels of nesting,
+    ``max_hashed_nodes`` nodes in one set member or dict key,
+    ``work_per_byte`` items hashed, copied or built per byte of pickle, and
+    ``max_nodes`` nodes that shared references may add to the result (also
+    the work allowance of small pickles).
 
     The returned function raises :class:`~connbridge.errors.RefusedGlobal`
-    for a global outside the allowlist and
+    for a global outside the allowlist,
+    :class:`~connbridge.errors.PickleLimitExceeded` for a pickle over the
+    limits (before any of it is loaded), and
     :class:`~connbridge.errors.PickleError` for any other pickle it cannot
     load (truncated, malformed, refused arguments, persistent IDs).
 
     Raises:
-        ValueError: an entry of ``extra`` cannot be resolved, or
-            ``encoding`` is not a known codec.
+        ValueError: an entry of ``extra`` cannot be resolved, ``encoding``
+            is not a known codec, or a limit is not a positive integer.
     """
     if encoding != "bytes":
         try:
             codecs.lookup(encoding)
         except LookupError as exc:
             raise ValueError(f"unknown encoding {encoding!r}") from exc
+    limits = PickleLimits(
+        max_depth=max_depth,
+        max_hashed_nodes=max_hashed_nodes,
+        max_nodes=max_nodes,
+        work_per_byte=work_per_byte,
+    )
     table = _build_table(extra)
     # The C unpickler consults copyreg's extension cache, then its registry.
     extension_cache: dict[int, object] = vars(copyreg)["_extension_cache"]
     inverted_registry: dict[int, object] = vars(copyreg)["_inverted_registry"]
 
     def loads(data: bytes) -> object:
+        if type(data) is not bytes:
+            data = bytes(data)
+        cut = check(data, limits)
         if inverted_registry or extension_cache:
             _refuse_extensions(data)
-        unpickler = _AllowlistUnpickler(io.BytesIO(data), encoding=encoding)
+        # A malformed pickle is loaded only up to the opcode where the check
+        # saw the unpickler fail, so that the unpickler reports it and can
+        # never go past what was checked.
+        source = io.BytesIO(data if cut is None else memoryview(data)[:cut])
+        unpickler = _AllowlistUnpickler(source, encoding=encoding)
         unpickler._table = table
         try:
             return unpickler.load()

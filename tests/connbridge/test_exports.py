@@ -16,6 +16,8 @@ MODULES = [
     "errors",
     "frames",
     "handshake",
+    "pickle_limits",
+    "plain_types",
     "pool",
     "pool_settings",
     "server",

@@ -157,7 +157,7 @@ def test_exports() -> None:
         for name, obj in vars(unpickler).items()
         if not name.startswith("_") and getattr(obj, "__module__", None) == unpickler.__name__
     }
-    assert defined | {"DEFAULT_ALLOWLIST"} == set(unpickler.__all__)
+    assert defined | {"DEFAULT_ALLOWLIST", "MAX_NUMBER_BITS"} == set(unpickler.__all__)
 
 
 def test_default_allowlist_resolves_and_holds_no_code_runners() -> None:
