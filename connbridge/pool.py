@@ -122,6 +122,8 @@ __all__ = ["Lease", "Pool", "PoolHealth", "PoolSettings", "PoolStats", "ReplyStr
 
 logger = logging.getLogger(__name__)
 
+# Replies larger than this are unpickled in a worker thread.
+_LOAD_IN_THREAD = 256 * 1024
 # How often the housekeeping task looks for idle and expired connections.
 _HOUSEKEEPING_INTERVAL = 1.0
 # Failed tries after which an address of a host name that never answered is
@@ -192,7 +194,15 @@ class Pool:
         self.addresses = configured
         self.settings = settings or PoolSettings()
         self._authkey = authkey
-        self._loads = make_loads(self.settings.allowlist, encoding=self.settings.py2_encoding)
+        s = self.settings
+        self._loads = make_loads(
+            s.allowlist,
+            encoding=s.py2_encoding,
+            max_depth=s.pickle_max_depth,
+            max_nodes=s.pickle_max_nodes,
+            max_hashed_nodes=s.pickle_max_hashed_nodes,
+            work_per_byte=s.pickle_work_per_byte,
+        )
         self._dumps = make_dumps(self.settings.pickle_protocol)
         self._replicas: dict[str, Replica[Holder]] = {}
         self._waiters: deque[asyncio.Future[Holder | None]] = deque()
@@ -445,6 +455,10 @@ class Pool:
         if holder is not None:
             holder.exchange_done()
         try:
+            if len(reply) > _LOAD_IN_THREAD:
+                # Checking and loading a large pickle takes milliseconds to
+                # seconds: off the event loop, so other calls go on meanwhile.
+                return await asyncio.to_thread(self._loads, reply)
             return self._loads(reply)
         except ConnbridgeError:
             self._count_error(replica, "pickle")

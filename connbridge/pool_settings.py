@@ -145,6 +145,13 @@ class PoolSettings:
     #: FIPS-patched Pythons, which answer it with an unprefixed SHA-256.
     legacy_digest: Literal["md5", "sha256"] = _checked("md5", _legacy_digest)
     pickle_protocol: int = _checked(4, _pickle_protocol)
+    #: Bounds on what one reply's pickle may cost (see :mod:`connbridge.pickle_limits`):
+    #: nesting, nodes shared references may add, nodes in one hashed value
+    #: (a set member, a dict key), and items built or copied per byte of pickle.
+    pickle_max_depth: int = 256
+    pickle_max_nodes: int = 1_000_000
+    pickle_max_hashed_nodes: int = 100_000
+    pickle_work_per_byte: int = 4
     #: Extra ``"module:qualname"`` entries for the unpickler's allowlist.
     allowlist: tuple[str, ...] = _checked((), _allowlist)
     #: Encoding of Python 2 byte strings in pickles (``"bytes"`` keeps them bytes).

@@ -388,8 +388,14 @@ def test_an_opcode_across_the_end_of_a_frame_is_refused() -> None:
     for shorter in (5, 16):  # inside the float, inside the string
         data = honest[:3] + shorter.to_bytes(8, "little") + honest[11:]
         with pytest.raises(PickleError, match="frame") as info:
-            loads(data)
+            check(data, PickleLimits())
         assert not isinstance(info.value, PickleLimitExceeded)
+        # (A pickle this short with no sharing opcode skips the walk: it
+        # cannot cost more than its size, and the unpickler refuses it.)
+        with pytest.raises(PickleError):
+            loads(data)
+        with pytest.raises(PickleError, match="frame"):
+            loads(data + b"N" * 300)  # long enough to be walked
     # A frame that ends on an opcode boundary is read alike: it loads.
     assert loads(honest[:3] + (1).to_bytes(8, "little") + honest[11:]) == [1.5, "x" * 10]
 
@@ -417,3 +423,12 @@ def test_a_truncated_bytearray_is_a_clean_error() -> None:
     )
     assert "ended early" in result.stdout, result
     assert "SystemError" not in result.stderr, result.stderr
+
+
+def test_a_short_pickle_that_shares_through_dup_is_still_walked() -> None:
+    # 86 bytes: short enough for the fast path, but DUP shares each level
+    # with the next, so hashing the frozenset's one member would visit 2**40 nodes.
+    data = b"\x80\x04()" + b"2\x86" * 40 + b"\x91."
+    assert len(data) < 256
+    with pytest.raises(PickleLimitExceeded):
+        loads(data)
