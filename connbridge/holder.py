@@ -15,7 +15,6 @@ that kept the object cannot send on a connection another caller now holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -85,6 +84,7 @@ class Holder:
         "created",
         "exchanges",
         "last_used",
+        "parked",
         "quiet_at",
         "replica",
         "state",
@@ -100,6 +100,8 @@ class Holder:
         self.last_used = now
         #: Exchanges completed on it (a failure on the first one says more).
         self.exchanges = 0
+        #: True while it sits in its replica's idle list (not handed to a waiter).
+        self.parked = False
         #: When it last sat through a quiet check (never: its first reply settles).
         self.quiet_at = -1e9 if replica.reuse is Reuse.UNPROVEN else now
         self.state = HolderState.IN_USE  # a new connection is handed out or offered
@@ -284,7 +286,8 @@ class Holder:
         self.state = HolderState.CLOSED
         replica = self.replica
         if state is HolderState.IDLE:
-            with contextlib.suppress(ValueError):
+            if self.parked:
+                self.parked = False
                 replica.idle.remove(self)
         elif state is HolderState.DRAINING:
             replica.drain_ended(self._budgeted)

@@ -780,11 +780,7 @@ class Pool:
         """A waiter gave up; if a connection was handed to it meanwhile, pass it on."""
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
             holder = waiter.result()
-            if (
-                holder is not None
-                and holder.state is HolderState.IDLE
-                and holder not in holder.replica.idle
-            ):
+            if holder is not None and holder.state is HolderState.IDLE and not holder.parked:
                 self._offer(holder)  # handed to us but not taken: pass it on
         else:
             waiter.cancel()
@@ -821,11 +817,12 @@ class Pool:
         if now - holder.last_used > self.settings.idle_timeout:
             holder.close("idle")
             return False
-        idle = holder.replica.idle
-        if idle and idle[-1] is holder:
-            idle.pop()
-        else:
-            with contextlib.suppress(ValueError):  # handed over, not parked
+        if holder.parked:  # otherwise it was handed over directly
+            holder.parked = False
+            idle = holder.replica.idle
+            if idle[-1] is holder:
+                idle.pop()
+            else:
                 idle.remove(holder)
         holder.check_out()
         return True
@@ -842,6 +839,7 @@ class Pool:
             if not waiter.done():
                 waiter.set_result(holder)
                 return
+        holder.parked = True
         holder.replica.idle.append(holder)
 
     def _close_idle(self, reason: str) -> None:
