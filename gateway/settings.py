@@ -96,6 +96,7 @@ from connbridge.pool_settings import PoolSettings, field_problem
 __all__ = [
     "CONFIG_ENV",
     "GATEWAY_WIDE_POOL_FIELDS",
+    "MAX_SCHEMA_DEPTH",
     "POOL_KEYS",
     "RENAMED_BACKEND_KEYS",
     "ApiKeySettings",
@@ -231,6 +232,23 @@ POOL_KEYS: Final = tuple(
 _AUTHKEY_SOURCES: Final = ("authkey_env", "authkey_file")
 
 
+#: The deepest nesting of objects and arrays accepted in a ``payload_schema``.
+MAX_SCHEMA_DEPTH: Final = 64
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    """True if ``value`` nests more than ``limit`` objects and arrays (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 class _BackendTable(_Section):
     """A ``[backends.NAME]`` table: one Listener server (or a set of replicas).
 
@@ -274,11 +292,20 @@ class _BackendTable(_Section):
     @classmethod
     def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
+            if _nests_deeper(value, MAX_SCHEMA_DEPTH):
+                # jsonschema checks (and validates) recursively: a schema a few
+                # hundred levels deep would be a RecursionError, here or per call.
+                raise ValueError(
+                    f"the schema nests more than {MAX_SCHEMA_DEPTH} levels of objects and "
+                    "arrays (write recursive shapes with $ref)"
+                )
             try:
                 jsonschema.validators.validator_for(value).check_schema(value)
             except jsonschema.exceptions.SchemaError as exc:
                 where = "/" + "/".join(str(p) for p in exc.absolute_path)
                 raise ValueError(f"not a valid JSON Schema (at {where}): {exc.message}") from None
+            except RecursionError:  # within MAX_SCHEMA_DEPTH only on a very small stack
+                raise ValueError("the schema nests too deeply to be checked") from None
         return value
 
     @model_validator(mode="after")
@@ -529,8 +556,13 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             raise ConfigError(source, [("", f"cannot read the file: {exc.strerror}")]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(source, [("", f"invalid TOML: {exc}")]) from None
+        except RecursionError:  # tomllib parses nested tables recursively
+            raise ConfigError(source, [("", "invalid TOML: nested too deeply")]) from None
     try:
         settings = Settings(**data)
+    except RecursionError:
+        # A value nested hundreds of levels deep (the parsers recurse).
+        raise ConfigError(source, [("", "a value is nested too deeply")]) from None
     except SettingsError as exc:
         # An environment variable that should hold JSON does not.
         raise ConfigError(source, [("", f"{exc} (lists and tables are written as JSON)")]) from None
