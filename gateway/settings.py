@@ -150,12 +150,60 @@ def _parse_addresses(value: object) -> tuple[Address, ...]:
     addresses = []
     for item in items:
         if not isinstance(item, str):
-            raise ValueError(f"expected an address string, got {item!r}")
+            raise ValueError(f"expected an address string, got {_json_kind(item)}")
         try:
             addresses.append(parse_address(item))
         except AddressError as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(_unechoed(str(exc), item)) from None
     return tuple(addresses)
+
+
+# -- messages that never repeat a value that may be a secret ---------------------------
+#
+# A key pasted into the wrong place (address = "<the key>", authkey_env =
+# "<the key>", authkey_file = "<the key>") must not reach the exit message or
+# a log. A value is repeated only when it looks like what the key expects.
+
+_NOT_SHOWN: Final = "<value not shown>"
+# An environment variable name as they are written: upper-case words joined
+# by "_"; a random key rarely has no lower-case letter and no run of 17.
+_VARIABLE_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+_LONG_RUN = re.compile(r"[A-Z0-9]{17}")
+# An absolute path of plain names; a base64 key has "+" or "=", a urlsafe one no "/".
+_PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9._-]{1,64})+/?")
+
+
+def _json_kind(value: object) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _unechoed(message: str, value: str) -> str:
+    """``message`` (about ``value``) with every piece of ``value`` taken out."""
+    message = message.replace(repr(value), _NOT_SHOWN)
+    leaks = [message.find(value[i : i + 3]) for i in range(max(len(value) - 2, 1))]
+    found = [at for at in leaks if at >= 0]
+    if not found or len(value) < 3:
+        return message
+    # A message that quotes a part of the value ("write ... as 'unix:/x'"):
+    # keep what comes before the quote.
+    cut = message.rfind("'", 0, min(found) + 1)
+    head = message[: cut if cut >= 0 else min(found)].rstrip(" ,:")
+    return f"{head.removesuffix(' as').rstrip(' ,:')} ({_NOT_SHOWN})"
+
+
+def _shown_variable(name: str) -> str:
+    if _VARIABLE_NAME.fullmatch(name) and not _LONG_RUN.search(name):
+        return f"environment variable {name}"
+    return f"the environment variable it names ({_NOT_SHOWN}: it does not look like a name)"
+
+
+def _shown_path(path: Path) -> str:
+    text = os.fspath(path)
+    if _PLAIN_PATH.fullmatch(text):
+        return text
+    return f"the file it names ({_NOT_SHOWN}: it does not look like an absolute path)"
 
 
 Addresses = Annotated[
@@ -601,7 +649,7 @@ def _read_authkey(backend: BackendSettings, environ: Mapping[str, str]) -> bytes
         text = environ.get(backend.authkey_env)
         if not text:
             raise _Unreadable(
-                "authkey_env", f"environment variable {backend.authkey_env} is unset or empty"
+                "authkey_env", f"{_shown_variable(backend.authkey_env)} is unset or empty"
             )
         return os.fsencode(text)
     if backend.authkey_file is not None:
@@ -609,12 +657,12 @@ def _read_authkey(backend: BackendSettings, environ: Mapping[str, str]) -> bytes
             key = backend.authkey_file.read_bytes()
         except OSError as exc:
             raise _Unreadable(
-                "authkey_file", f"cannot read {backend.authkey_file}: {exc.strerror}"
+                "authkey_file", f"cannot read {_shown_path(backend.authkey_file)}: {exc.strerror}"
             ) from None
         # Secret files usually end with the newline an editor or echo added.
         key = key.rstrip(b"\r\n")
         if not key:
-            raise _Unreadable("authkey_file", f"{backend.authkey_file} is empty")
+            raise _Unreadable("authkey_file", f"{_shown_path(backend.authkey_file)} is empty")
         return key
     if backend.authkey is not None:
         key = backend.authkey.get_secret_value().encode("utf-8")
