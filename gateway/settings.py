@@ -169,7 +169,8 @@ _NOT_SHOWN: Final = "<value not shown>"
 # by "_"; a random key rarely has no lower-case letter and no run of 17.
 _VARIABLE_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 _LONG_RUN = re.compile(r"[A-Z0-9]{17}")
-# An absolute path of plain names; a base64 key has "+" or "=", a urlsafe one no "/".
+# An absolute path of plain names; a base64 key has "+" or "=", a urlsafe one
+# no "/" (and a name that looks random is not shown either, see _looks_random).
 _PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9._-]{1,64})+/?")
 
 
@@ -199,9 +200,19 @@ def _shown_variable(name: str) -> str:
     return f"the environment variable it names ({_NOT_SHOWN}: it does not look like a name)"
 
 
+def _looks_random(word: str) -> bool:
+    # Upper and lower case and digits in 16 characters: a key, not a file name.
+    return (
+        len(word) >= 16
+        and any(c.isupper() for c in word)
+        and any(c.islower() for c in word)
+        and any(c.isdigit() for c in word)
+    )
+
+
 def _shown_path(path: Path) -> str:
     text = os.fspath(path)
-    if _PLAIN_PATH.fullmatch(text):
+    if _PLAIN_PATH.fullmatch(text) and not any(map(_looks_random, text.split("/"))):
         return text
     return f"the file it names ({_NOT_SHOWN}: it does not look like an absolute path)"
 
