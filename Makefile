@@ -30,6 +30,17 @@ pytest: $(STAMP)
 
 test: lint pytest
 
+# A bounded, bigger fuzz run than the one in make test: Schemathesis with all its
+# checks, FUZZ_EXAMPLES requests per operation and mode, and FUZZ_PAYLOADS random
+# $-tagged payloads (tests/gateway/test_payload_fuzz.py). About 2 minutes on 2 cores.
+FUZZ_EXAMPLES ?= 300
+FUZZ_PAYLOADS ?= 3000
+.PHONY: fuzz
+fuzz: $(STAMP)
+	CONNBRIDGE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) CONNBRIDGE_FUZZ_PAYLOADS=$(FUZZ_PAYLOADS) \
+		$(BIN)/python -X dev -m pytest -p no:cacheprovider -s \
+		tests/gateway/test_schemathesis.py tests/gateway/test_payload_fuzz.py
+
 # The bench also needs wrk, which it installs with apt-get when missing and
 # run as root. BENCH_QUICK=1 make bench is a smoke run; bench/README.md lists
 # every knob.

@@ -410,7 +410,9 @@ def _tag_exception(payload: object, depth: int, limit: int) -> object:
         raise
     try:
         return cls(*args)
-    except (TypeError, ValueError) as exc:
+    # ArithmeticError: a Unicode error's start or end beyond a C ssize_t
+    # raises OverflowError; any builtin's refusal of its args is the client's.
+    except (TypeError, ValueError, ArithmeticError) as exc:
         raise _Fail(f"$exception: cannot create {name}: {exc}") from None
 
 

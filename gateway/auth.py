@@ -14,6 +14,7 @@ set.
 ``/healthz`` and ``/readyz`` need no key. ``/metrics`` needs a key (any
 scope) when keys are configured, unless ``[gateway] metrics_public = true``:
 it names backends and their traffic, and Prometheus can send a bearer token.
+A scoped key sees only its backends' series there (:mod:`gateway.metrics`).
 
 The WebSocket routes use :meth:`KeyRing.authenticate` as well, with the key
 from the ``Authorization`` header or, for browsers that cannot set headers

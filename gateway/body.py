@@ -14,9 +14,14 @@ with fixed answers:
    closes the connection).
 3. The bytes are parsed with orjson, else 400.
 
-orjson reads integers beyond 64 bits as floats. To keep them exact, a body
-that holds a run of 20 or more digits (anywhere, strings included) is
-parsed again with the standard library, which keeps big integers.
+orjson reads integers beyond 64 bits as floats, and refuses those beyond
+a double's range (310 digits and more). To keep them exact, a body that
+holds a run of 19 or more digits (anywhere, strings included) is parsed
+again with the standard library, which keeps big integers up to Python's
+own limit (``sys.get_int_max_str_digits()``, 4,300 digits by default); so is
+a body orjson refused for a number out of a double's range. A float literal
+out of that range (``1e400``) is still refused: the standard library would
+read it as infinity, which JSON has no word for.
 """
 
 from __future__ import annotations
@@ -72,6 +77,18 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number - number != 0.0:  # 1e400 reads as infinity
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return number
+
+
+# What orjson says of a number it cannot hold in a double: an integer may
+# still be valid (and exact) for the standard library.
+_OUT_OF_DOUBLE: Final = "number is infinity when parsed as double"
+
+
 def _has_huge_float(value: Any, budget: int = _WALK_BUDGET) -> bool | None:
     """True if ``value`` holds a float of 2**63 or more in magnitude.
 
@@ -111,14 +128,21 @@ def parse_json(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         if str(exc).startswith("depth limit exceeded"):
             raise PayloadError("the JSON nests too deeply") from None
-        raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
+        if not str(exc).startswith(_OUT_OF_DOUBLE):
+            raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
+        return _parse_exactly(body)
     huge = _has_huge_float(value) if len(body) >= _WALK_FROM else None
     if huge is False:
         return value
     if huge is None and _NINETEEN_ZEROS not in body.translate(_DIGITS_TO_ZERO):
         return value
+    return _parse_exactly(body)
+
+
+def _parse_exactly(body: bytes) -> Any:
+    """The standard library's parse: integers of any length, up to Python's limit."""
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise PayloadError("the JSON nests too deeply") from None
     except ValueError as exc:

@@ -104,19 +104,29 @@ def _check_schema(backend: Backend, payload: object, at: Sequence[str | int]) ->
     if validator is None:
         return
     errors = []
-    for error in validator.iter_errors(payload):  # type: ignore[arg-type]
-        message = error.message
-        if len(message) > _MAX_MESSAGE:
-            message = message[: _MAX_MESSAGE - 3] + "..."
-        errors.append(
-            {
-                "detail": message,
-                "pointer": pointer([*at, *error.absolute_path]),
-                "schema_path": pointer(error.absolute_schema_path),
-            }
-        )
-        if len(errors) >= _MAX_SCHEMA_ERRORS:
-            break
+    try:
+        for error in validator.iter_errors(payload):  # type: ignore[arg-type]
+            message = error.message
+            if len(message) > _MAX_MESSAGE:
+                message = message[: _MAX_MESSAGE - 3] + "..."
+            errors.append(
+                {
+                    "detail": message,
+                    "pointer": pointer([*at, *error.absolute_path]),
+                    "schema_path": pointer(error.absolute_schema_path),
+                }
+            )
+            if len(errors) >= _MAX_SCHEMA_ERRORS:
+                break
+    except RecursionError:
+        # jsonschema validates recursively: a deep payload under a recursive
+        # schema ("$ref": "#") runs out of stack before the codec's max_depth
+        # could refuse it.
+        raise InvalidPayload(
+            f"the payload nests too deeply to be checked against the schema of "
+            f"backend {backend.name!r}",
+            [{"detail": "nested too deeply", "pointer": pointer(at)}],
+        ) from None
     if errors:
         errors.sort(key=lambda e: e["pointer"])
         first = errors[0]

@@ -57,6 +57,7 @@ from pydantic import SecretStr
 from connbridge.addresses import Address
 
 from .app import create_app, package_version
+from .http_protocol import http_protocol
 from .log import configure_logging
 from .openapi_file import DEFAULT_OUTPUT, write_openapi
 from .settings import (
@@ -213,7 +214,8 @@ def _uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvico
         **uvicorn_options(settings.websocket),
         host=host,
         port=port,
-        http="httptools" if have("httptools") else "h11",
+        # uvicorn's protocols, but a request they cannot parse gets a problem.
+        http=http_protocol(),
         loop="uvloop" if have("uvloop") else "asyncio",
         lifespan="on",
         # Our AccessLogMiddleware writes the per-request line; logging is

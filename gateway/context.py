@@ -21,7 +21,14 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-__all__ = ["RequestContext", "open_context", "request_context", "set_backend", "set_route"]
+__all__ = [
+    "RequestContext",
+    "new_request_id",
+    "open_context",
+    "request_context",
+    "set_backend",
+    "set_route",
+]
 
 _CONTEXT_KEY: Final = "connbridge.context"
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -66,6 +73,11 @@ def set_backend(scope: Mapping[str, Any], name: str) -> None:
     context = request_context(scope)
     if context is not None:
         context.backend = name
+
+
+def new_request_id() -> str:
+    """A fresh random request id, for an answer that has no request scope."""
+    return _random_ids.next_id()
 
 
 def _request_id(scope: Mapping[str, Any]) -> str:

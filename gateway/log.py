@@ -13,6 +13,17 @@ request). For every HTTP request it:
 * answers an exception that escaped everything else with a bare 500
   problem, and logs the traceback; the client never sees it.
 
+Secrets and forged lines. Every record that reaches the handler of
+:func:`configure_logging` passes :class:`SecretFilter`: an ``access_token``
+query parameter (under any percent-encoding of its name), the value of an
+``Authorization`` (or ``Proxy-Authorization``) header and any ``Bearer``
+credential are replaced by ``<redacted>``, in the message and in a
+traceback's text; this is what keeps keys out of uvicorn's and websockets'
+debug lines, which show the raw upgrade request and its headers. Its string
+arguments are escaped (:func:`escape`): a request target, a header or any
+other text from a client can never start a new line or end a quoted field.
+The access line itself is built from escaped fields and skips the filter.
+
 The module is named ``log`` rather than ``logging`` so that it never shadows
 the standard library.
 
@@ -26,10 +37,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote_plus
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,8 +58,11 @@ __all__ = [
     "ACCESS_LOGGER",
     "AccessLogMiddleware",
     "JSONFormatter",
+    "SecretFilter",
     "configure_logging",
+    "escape",
     "log_access",
+    "redact",
 ]
 
 #: Logger of the per-request lines.
@@ -56,6 +72,76 @@ _UNMATCHED: Final = "<unmatched>"
 
 logger = logging.getLogger("connbridge.gateway")
 access_logger = logging.getLogger(ACCESS_LOGGER)
+
+
+def _escape_char(char: str) -> str:
+    if char == '"' or char == "\\":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """``text`` with control and other unprintable characters, ``"`` and ``\\`` escaped.
+
+    ``GET /healthz%0a<text>`` (the path is percent-decoded) cannot forge a
+    second line: the newline is written ``\\x0a``.
+    """
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return "".join(map(_escape_char, text))
+
+
+REDACTED: Final = "<redacted>"
+# name=value pairs of a query string; the name is percent-decoded before it is compared.
+_QUERY_PAIR = re.compile(r"([?&;])([^=&;\s#\"'?]*)=([^&;\s#\"']*)")
+_AUTHORIZATION = re.compile(
+    r"(\b(?:proxy-)?authorization)([\"']?\s*[:=,]\s*(?-i:b)?[\"']?)([^\r\n\"']*)", re.IGNORECASE
+)
+_BEARER = re.compile(r"(\bbearer\s+)([^\s\"',;)\]]+)", re.IGNORECASE)
+
+
+def _redact_pair(match: re.Match[str]) -> str:
+    if unquote_plus(match[2]).lower() != "access_token":
+        return match[0]
+    return f"{match[1]}{match[2]}={REDACTED}"
+
+
+def redact(text: str) -> str:
+    """``text`` without credentials: ``access_token`` values, ``Authorization`` headers, bearers.
+
+    Returns ``text`` itself when there is nothing to take out.
+    """
+    lower = text.lower()
+    if "=" in text and ("token" in lower or "%" in text):
+        text = _QUERY_PAIR.sub(_redact_pair, text)
+    if "authorization" in lower:
+        text = _AUTHORIZATION.sub(lambda m: m[1] + m[2] + REDACTED, text)
+    if "bearer" in lower:
+        text = _BEARER.sub(lambda m: m[1] + REDACTED, text)
+    return text
+
+
+class SecretFilter(logging.Filter):
+    """Takes credentials out of every record and escapes its text arguments (see the module doc)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == ACCESS_LOGGER:
+            return True  # made of escaped fields, without the query string
+        args = record.args
+        if isinstance(args, tuple) and args:
+            record.args = tuple(escape(a) if isinstance(a, str) else a for a in args)
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
 
 
 def log_access(
@@ -77,6 +163,7 @@ def log_access(
     """
     if not access_logger.isEnabledFor(logging.INFO):
         return
+    path = escape(path)
     ms = elapsed * 1000
     fields: dict[str, Any] = {"request_id": request_id, "method": method, "path": path}
     fields["route"] = route
@@ -132,7 +219,7 @@ class AccessLogMiddleware:
             logger.exception(
                 "unhandled error on %s %s (request id %s)",
                 scope["method"],
-                scope["path"],
+                escape(scope["path"]),
                 context.request_id,
             )
             if started:
@@ -201,7 +288,8 @@ class JSONFormatter(logging.Formatter):
         if isinstance(access, dict):
             entry.update(access)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            # The filter leaves the (redacted) text of the traceback in exc_text.
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
@@ -225,6 +313,7 @@ def configure_logging(
         raise ValueError(f"unknown log format {fmt!r}")
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JSONFormatter() if fmt == "json" else logging.Formatter(_TEXT_FORMAT))
+    handler.addFilter(SecretFilter())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(numeric)

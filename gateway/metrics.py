@@ -18,11 +18,16 @@ series. The names are fixed (dashboards are written against them):
 never the raw path, and ``<unmatched>`` for paths with no route, so a
 scanner cannot create unbounded series. The pool series are read from
 :meth:`connbridge.pool.Pool.stats` at scrape time by a custom collector.
+
+A key scoped to some backends sees only theirs: :meth:`GatewayMetrics.render`
+given a scope leaves out every sample whose ``backend`` label names another
+backend (samples without a backend, such as ``/healthz`` requests, stay).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Final
 
 from prometheus_client import (
@@ -157,6 +162,27 @@ class GatewayMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def render(self) -> bytes:
-        """The registry in the Prometheus text format."""
-        return generate_latest(self.registry)
+    def render(self, backends: AbstractSet[str] | None = None) -> bytes:
+        """The registry in the Prometheus text format; only ``backends``' series if given."""
+        if backends is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Scoped(self.registry, backends))
+
+
+class _Scoped:
+    """The metrics of a registry without the samples of backends outside a scope."""
+
+    def __init__(self, registry: CollectorRegistry, backends: AbstractSet[str]) -> None:
+        self._registry = registry
+        self._backends = backends
+
+    def collect(self) -> Iterator[Metric]:
+        allowed = self._backends
+        for metric in self._registry.collect():
+            # Each collect() makes new Metric objects: trimming one changes nothing else.
+            metric.samples = [
+                sample
+                for sample in metric.samples
+                if sample.labels.get("backend", "") in allowed or not sample.labels.get("backend")
+            ]
+            yield metric

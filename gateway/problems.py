@@ -19,6 +19,8 @@ forbidden                      403     a key not allowed for the backend
 unknown-backend                404     no backend by that name
 not-found                      404     no route for the path
 method-not-allowed             405     the route exists with another method
+malformed-http                 400     a request that is not valid HTTP/1.1 (by the
+                                       server's protocol, :mod:`gateway.http_protocol`)
 body-too-large                 413     a body over ``max_body_bytes``
 unsupported-media-type         415     a body that is not ``application/json``
 invalid-request                422     a request body of the wrong shape
@@ -104,6 +106,7 @@ from .context import request_context
 __all__ = [
     "INTERNAL_DETAIL",
     "INTERNAL_ERROR",
+    "MALFORMED_HTTP",
     "MEDIA_TYPE",
     "PROBLEM_BASE",
     "PROBLEM_TYPES",
@@ -269,6 +272,8 @@ INTERNAL_ERROR: Final = _row("internal-error", 500, "Internal error")
 INTERNAL_DETAIL: Final = "an internal error occurred; see the gateway log"
 NOT_FOUND: Final = _row("not-found", 404, "Not found")
 METHOD_NOT_ALLOWED: Final = _row("method-not-allowed", 405, "Method not allowed")
+#: Answered by the server's protocol, before any app sees the request.
+MALFORMED_HTTP: Final = _row("malformed-http", 400, "Malformed HTTP request")
 
 #: The one table: exception class -> problem type. Looked up along the MRO, so
 #: the most specific class listed wins (``AcquireTimeout`` is a ``PoolOverloaded``).

@@ -96,6 +96,7 @@ from connbridge.pool_settings import PoolSettings, field_problem
 __all__ = [
     "CONFIG_ENV",
     "GATEWAY_WIDE_POOL_FIELDS",
+    "MAX_SCHEMA_DEPTH",
     "POOL_KEYS",
     "RENAMED_BACKEND_KEYS",
     "ApiKeySettings",
@@ -149,12 +150,71 @@ def _parse_addresses(value: object) -> tuple[Address, ...]:
     addresses = []
     for item in items:
         if not isinstance(item, str):
-            raise ValueError(f"expected an address string, got {item!r}")
+            raise ValueError(f"expected an address string, got {_json_kind(item)}")
         try:
             addresses.append(parse_address(item))
         except AddressError as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(_unechoed(str(exc), item)) from None
     return tuple(addresses)
+
+
+# -- messages that never repeat a value that may be a secret ---------------------------
+#
+# A key pasted into the wrong place (address = "<the key>", authkey_env =
+# "<the key>", authkey_file = "<the key>") must not reach the exit message or
+# a log. A value is repeated only when it looks like what the key expects.
+
+_NOT_SHOWN: Final = "<value not shown>"
+# An environment variable name as they are written: upper-case words joined
+# by "_"; a random key rarely has no lower-case letter and no run of 17.
+_VARIABLE_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+_LONG_RUN = re.compile(r"[A-Z0-9]{17}")
+# An absolute path of plain names; a base64 key has "+" or "=", a urlsafe one
+# no "/" (and a name that looks random is not shown either, see _looks_random).
+_PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9._-]{1,64})+/?")
+
+
+def _json_kind(value: object) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", dict: "a table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _unechoed(message: str, value: str) -> str:
+    """``message`` (about ``value``) with every piece of ``value`` taken out."""
+    message = message.replace(repr(value), _NOT_SHOWN)
+    leaks = [message.find(value[i : i + 3]) for i in range(max(len(value) - 2, 1))]
+    found = [at for at in leaks if at >= 0]
+    if not found or len(value) < 3:
+        return message
+    # A message that quotes a part of the value ("write ... as 'unix:/x'"):
+    # keep what comes before the quote.
+    cut = message.rfind("'", 0, min(found) + 1)
+    head = message[: cut if cut >= 0 else min(found)].rstrip(" ,:")
+    return f"{head.removesuffix(' as').rstrip(' ,:')} ({_NOT_SHOWN})"
+
+
+def _shown_variable(name: str) -> str:
+    if _VARIABLE_NAME.fullmatch(name) and not _LONG_RUN.search(name):
+        return f"environment variable {name}"
+    return f"the environment variable it names ({_NOT_SHOWN}: it does not look like a name)"
+
+
+def _looks_random(word: str) -> bool:
+    # Upper and lower case and digits in 16 characters: a key, not a file name.
+    return (
+        len(word) >= 16
+        and any(c.isupper() for c in word)
+        and any(c.islower() for c in word)
+        and any(c.isdigit() for c in word)
+    )
+
+
+def _shown_path(path: Path) -> str:
+    text = os.fspath(path)
+    if _PLAIN_PATH.fullmatch(text) and not any(map(_looks_random, text.split("/"))):
+        return text
+    return f"the file it names ({_NOT_SHOWN}: it does not look like an absolute path)"
 
 
 Addresses = Annotated[
@@ -231,6 +291,23 @@ POOL_KEYS: Final = tuple(
 _AUTHKEY_SOURCES: Final = ("authkey_env", "authkey_file")
 
 
+#: The deepest nesting of objects and arrays accepted in a ``payload_schema``.
+MAX_SCHEMA_DEPTH: Final = 64
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    """True if ``value`` nests more than ``limit`` objects and arrays (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 class _BackendTable(_Section):
     """A ``[backends.NAME]`` table: one Listener server (or a set of replicas).
 
@@ -274,11 +351,20 @@ class _BackendTable(_Section):
     @classmethod
     def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
+            if _nests_deeper(value, MAX_SCHEMA_DEPTH):
+                # jsonschema checks (and validates) recursively: a schema a few
+                # hundred levels deep would be a RecursionError, here or per call.
+                raise ValueError(
+                    f"the schema nests more than {MAX_SCHEMA_DEPTH} levels of objects and "
+                    "arrays (write recursive shapes with $ref)"
+                )
             try:
                 jsonschema.validators.validator_for(value).check_schema(value)
             except jsonschema.exceptions.SchemaError as exc:
                 where = "/" + "/".join(str(p) for p in exc.absolute_path)
                 raise ValueError(f"not a valid JSON Schema (at {where}): {exc.message}") from None
+            except RecursionError:  # within MAX_SCHEMA_DEPTH only on a very small stack
+                raise ValueError("the schema nests too deeply to be checked") from None
         return value
 
     @model_validator(mode="after")
@@ -529,8 +615,13 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             raise ConfigError(source, [("", f"cannot read the file: {exc.strerror}")]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(source, [("", f"invalid TOML: {exc}")]) from None
+        except RecursionError:  # tomllib parses nested tables recursively
+            raise ConfigError(source, [("", "invalid TOML: nested too deeply")]) from None
     try:
         settings = Settings(**data)
+    except RecursionError:
+        # A value nested hundreds of levels deep (the parsers recurse).
+        raise ConfigError(source, [("", "a value is nested too deeply")]) from None
     except SettingsError as exc:
         # An environment variable that should hold JSON does not.
         raise ConfigError(source, [("", f"{exc} (lists and tables are written as JSON)")]) from None
@@ -569,7 +660,7 @@ def _read_authkey(backend: BackendSettings, environ: Mapping[str, str]) -> bytes
         text = environ.get(backend.authkey_env)
         if not text:
             raise _Unreadable(
-                "authkey_env", f"environment variable {backend.authkey_env} is unset or empty"
+                "authkey_env", f"{_shown_variable(backend.authkey_env)} is unset or empty"
             )
         return os.fsencode(text)
     if backend.authkey_file is not None:
@@ -577,12 +668,12 @@ def _read_authkey(backend: BackendSettings, environ: Mapping[str, str]) -> bytes
             key = backend.authkey_file.read_bytes()
         except OSError as exc:
             raise _Unreadable(
-                "authkey_file", f"cannot read {backend.authkey_file}: {exc.strerror}"
+                "authkey_file", f"cannot read {_shown_path(backend.authkey_file)}: {exc.strerror}"
             ) from None
         # Secret files usually end with the newline an editor or echo added.
         key = key.rstrip(b"\r\n")
         if not key:
-            raise _Unreadable("authkey_file", f"{backend.authkey_file} is empty")
+            raise _Unreadable("authkey_file", f"{_shown_path(backend.authkey_file)} is empty")
         return key
     if backend.authkey is not None:
         key = backend.authkey.get_secret_value().encode("utf-8")

@@ -21,7 +21,7 @@ from connbridge.pool import Pool, PoolSettings
 
 from .auth import KeyRing, Principal
 from .metrics import GatewayMetrics
-from .problems import InvalidRequest, UnknownBackend, pointer
+from .problems import Forbidden, InvalidRequest, UnknownBackend, pointer
 from .settings import BackendSettings, Settings, read_authkeys
 
 __all__ = ["RESULT_MAX_DEPTH", "Backend", "GatewayState", "pool_settings"]
@@ -143,6 +143,13 @@ class GatewayState:
                 "name a backend: several are configured and none is the default",
                 [{"detail": "required when there is no default backend", "pointer": missing}],
                 pointer=missing,
+            )
+        if name is None and not principal.may_use(chosen):
+            # The default backend is out of scope: its name is not this caller's to learn.
+            raise Forbidden(
+                f"API key {principal.name!r} may not use the default backend: name a backend "
+                "it may use",
+                pointer=where,
             )
         principal.require(chosen, pointer=where)
         raise UnknownBackend(f"no backend is named {chosen!r}", pointer=where)

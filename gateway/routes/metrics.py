@@ -1,7 +1,9 @@
 """``GET /metrics``: Prometheus text from the app's own registry (see :mod:`gateway.metrics`).
 
 It needs an API key (any scope) when keys are configured, unless
-``[gateway] metrics_public = true``.
+``[gateway] metrics_public = true``. A key scoped to some backends sees only
+their series (see :mod:`gateway.metrics`); with ``metrics_public`` everyone
+sees every series.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def router() -> APIRouter:
         },
     )
     async def metrics(state: State, caller: MetricsCaller) -> Response:
-        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+        scope = None if caller is None else caller.backends
+        return Response(state.metrics.render(scope), media_type=CONTENT_TYPE)
 
     return api

@@ -7,7 +7,10 @@ answered with ``{"id", "result"}`` or ``{"id", "error": <problem>}`` (the
 problem object of the REST API, :func:`gateway.problems.problem_object`) as
 soon as it is done, in any order. A message that cannot be read gets an
 error reply too, with its ``id`` when one could be read, and the socket
-stays open; pointers in ``errors`` are into the message.
+stays open; pointers in ``errors`` are into the message. An ``id`` may be
+any JSON value nested at most :data:`ID_MAX_DEPTH` levels: a deeper one is
+refused (``invalid-request``, with ``"id": null``) rather than echoed, since
+its reply could not be written.
 
 At most ``max_in_flight`` calls run at once: at the bound the reader stops
 reading from the socket (uvicorn then stops reading from the TCP
@@ -32,14 +35,31 @@ from ..problems import INTERNAL_ERROR, InvalidRequest, problem_object
 from ..state import Backend, GatewayState
 from .link import Link, too_big
 
-__all__ = ["CALLS_ROUTE", "Calls"]
+__all__ = ["CALLS_ROUTE", "ID_MAX_DEPTH", "Calls"]
 
 logger = logging.getLogger("connbridge.gateway")
 
 #: The route template (also the ``endpoint`` label of ``connbridge_websocket_connections``).
 CALLS_ROUTE: Final = "/ws"
 
+#: The deepest nesting of containers accepted in a call's ``id``.
+ID_MAX_DEPTH: Final = 32
+
 _MISSING: Final = object()
+
+
+def _too_deep(value: Any, limit: int = ID_MAX_DEPTH) -> bool:
+    """True if ``value`` nests more than ``limit`` containers (walked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is list or kind is dict:
+            if depth >= limit:
+                return True
+            children = item if kind is list else item.values()
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _dumps(message: dict[str, Any]) -> str:
@@ -119,6 +139,12 @@ class Calls:
                         raise InvalidRequest(
                             "a call needs an 'id', echoed in its reply",
                             [{"detail": "'id' is required", "pointer": "#/id"}],
+                        )
+                    if _too_deep(ident):
+                        ident = None
+                        raise InvalidRequest(
+                            f"a call's 'id' may nest at most {ID_MAX_DEPTH} levels",
+                            [{"detail": "'id' is nested too deeply", "pointer": "#/id"}],
                         )
                 call = parse_call(body)
                 backend = self.state.backend_for(self.principal, call.backend)

@@ -204,6 +204,18 @@ def test_exception_tag() -> None:
             ("$exception",),
         ),
         ('{"$exception": []}', "object", ("$exception",)),
+        (  # OverflowError: a start beyond a C ssize_t
+            '{"$exception": {"type": "UnicodeEncodeError", "args": '
+            '["utf-8", "x", 1267650600228229401496703205376, 1, "r"]}}',
+            "cannot create UnicodeEncodeError",
+            ("$exception",),
+        ),
+        (
+            '{"$exception": {"type": "UnicodeDecodeError", "args": '
+            '["utf-8", {"$bytes": "eA=="}, 1, -1267650600228229401496703205376, "r"]}}',
+            "cannot create UnicodeDecodeError",
+            ("$exception",),
+        ),
     ],
 )
 def test_payload_errors(text: str, message: str, path: tuple[object, ...]) -> None:

@@ -81,8 +81,12 @@ async def serve_gateway(
     *,
     headers: Mapping[str, str] | None = None,
     setup: Callable[[FastAPI], None] | None = None,
+    http: str | type[asyncio.Protocol] = "httptools",
 ) -> AsyncIterator[RunningGateway]:
-    """Serve the gateway for ``settings`` until the block ends (then shut it down)."""
+    """Serve the gateway for ``settings`` until the block ends (then shut it down).
+
+    ``http`` is uvicorn's HTTP protocol (a name or a class).
+    """
     if not isinstance(settings, Settings):
         settings = Settings(**settings)
     app = create_app(settings)
@@ -95,7 +99,7 @@ async def serve_gateway(
         lifespan="on",
         log_config=None,
         access_log=False,
-        http="httptools",
+        http=http,
     )
     server = _Server(config)
     serving = asyncio.create_task(server.serve())

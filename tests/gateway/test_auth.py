@@ -194,3 +194,43 @@ async def test_openapi_declares_bearer_auth(settings):
         assert "401" in paths["/compute"]["post"]["responses"]
         assert "security" not in paths["/healthz"]["get"]
         assert "security" not in paths["/readyz"]["get"]
+
+
+async def test_metrics_follow_the_scope(settings):
+    async with serve_gateway(settings) as gw:
+        for backend in ("adder", "other"):
+            response = await gw.client.post(
+                f"/backends/{backend}/compute", json={"payload": [1, 2]}, headers=bearer(ADMIN)
+            )
+            assert response.status_code == 200
+        everything = (await gw.client.get("/metrics", headers=bearer(ADMIN))).text
+        assert 'backend="other"' in everything
+        assert 'backend="adder"' in everything
+        scoped = (await gw.client.get("/metrics", headers=bearer(ADDER_ONLY))).text
+        assert 'backend="adder"' in scoped
+        assert "other" not in scoped
+        # Gateway-wide series stay (no backend label, or an empty one).
+        assert "connbridge_websocket_connections" in scoped
+        assert 'route="/metrics",status="200"' in scoped
+
+
+async def test_a_scoped_key_never_learns_another_backends_name(settings):
+    settings["gateway"]["default_backend"] = "other"
+    async with serve_gateway(settings) as gw:
+        response = await gw.client.post(
+            "/compute", json={"payload": [1, 2]}, headers=bearer(ADDER_ONLY)
+        )
+        assert response.status_code == 403
+        assert response.json()["type"] == problem_type("forbidden")
+        assert "other" not in response.text
+        response = await gw.client.post(
+            "/compute/batch", json={"requests": [{"payload": [1, 2]}]}, headers=bearer(ADDER_ONLY)
+        )
+        assert response.json()["results"][0]["error"]["status"] == 403
+        assert "other" not in response.text
+        for path in ("/backends", "/metrics"):
+            response = await gw.client.get(path, headers=bearer(ADDER_ONLY))
+            assert response.status_code == 200
+            assert "other" not in response.text, path
+        response = await gw.client.post("/compute", json={"payload": [1, 2]}, headers=bearer(ADMIN))
+        assert response.json()["backend"] == "other"

@@ -86,3 +86,29 @@ def test_same_values_and_types_as_the_exact_parser(value: object, large: bool) -
 def test_not_json() -> None:
     with pytest.raises(MalformedJSON):
         parse_json(b"{")
+
+
+@pytest.mark.parametrize("digits", [309, 310, 400, 1000, 4300])
+@pytest.mark.parametrize("pad", ["", PAD], ids=["small", "large"])
+def test_integers_beyond_a_double_parse_exactly(digits: int, pad: str) -> None:
+    # orjson refuses these ("number is infinity when parsed as double").
+    n = int("7" * digits)
+    assert same(
+        parse_json(f'{{"pad": "{pad}", "n": [{n}, -{n}, 1.5]}}'.encode()),
+        {
+            "pad": pad,
+            "n": [n, -n, 1.5],
+        },
+    )
+    assert same(parse_json(str(n).encode()), n)
+
+
+def test_integers_past_pythons_own_limit_are_malformed() -> None:
+    with pytest.raises(MalformedJSON, match="4300"):
+        parse_json(b"[" + b"7" * 4301 + b"]")
+
+
+@pytest.mark.parametrize("text", [b"1e400", b"[1, -1e400]", b'{"n": 1' + b"0" * 400 + b".5}"])
+def test_floats_beyond_a_double_stay_refused(text: bytes) -> None:
+    with pytest.raises(MalformedJSON, match="out of range"):
+        parse_json(text)

@@ -12,7 +12,14 @@ from gateway_support import sha256_hex
 
 from connbridge.addresses import Address
 from gateway.app import create_app
-from gateway.settings import CONFIG_ENV, ConfigError, Settings, load_settings, read_authkeys
+from gateway.settings import (
+    CONFIG_ENV,
+    MAX_SCHEMA_DEPTH,
+    ConfigError,
+    Settings,
+    load_settings,
+    read_authkeys,
+)
 from gateway.state import pool_settings
 
 FULL = """
@@ -257,6 +264,26 @@ def test_bad_environment_value_names_the_variable(tmp_path, monkeypatch):
             "backends.a.authkey: set only one of",
         ),
         ('[backends.a\naddress = "unix:/a"\n', "invalid TOML"),
+        *(
+            (
+                '[backends.adder]\naddress = "unix:/a"\npayload_schema = '
+                + '{type = "array", items = ' * depth
+                + "{}"
+                + "}" * depth
+                + "\n",
+                f"backends.adder.payload_schema: the schema nests more than {MAX_SCHEMA_DEPTH} "
+                "levels",
+            )
+            for depth in (MAX_SCHEMA_DEPTH, 300)
+        ),
+        (
+            '[backends.adder]\naddress = "unix:/a"\npayload_schema = '
+            + "{items = " * 1500
+            + "{}"
+            + "}" * 1500
+            + "\n",
+            "invalid TOML: nested too deeply",
+        ),
     ],
 )
 def test_errors_name_file_and_key(tmp_path, text, expected):

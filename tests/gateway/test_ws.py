@@ -36,6 +36,7 @@ from ws_support import (
 from gateway.cli import uvicorn_options
 from gateway.routes.ws import CALLS_ROUTE, SESSION_ROUTE
 from gateway.settings import ConfigError, Settings, WebSocketSettings, load_settings
+from gateway.websocket.calls import ID_MAX_DEPTH
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -176,6 +177,30 @@ async def test_malformed_messages_get_error_replies(demo, tmp_path):
 
         # After all that, the socket still works.
         assert await ask('{"id": "last", "payload": [2, 3]}') == {"id": "last", "result": 5}
+
+
+@pytest.mark.parametrize("depth", [ID_MAX_DEPTH + 1, 300, 1000, 1100])
+async def test_a_deep_id_gets_an_error_reply_and_the_socket_stays(demo, tmp_path, depth):
+    # 1,000 levels used to close the whole socket with 1011 (the reply could
+    # not be written), losing the other calls on it.
+    async with serve_gateway(config(demo, tmp_path)) as gw, open_ws(gw) as ws:
+        await ws.send('{"id": "slow", "payload": {"op": "sleep", "seconds": 0.3, "value": 1}}')
+        await ws.send('{"id": ' + "[" * depth + "]" * depth + ', "payload": [1, 2]}')
+        reply = await recv_json(ws)
+        assert reply["id"] is None
+        assert reply["error"]["type"] in (
+            problem_type("invalid-request"),
+            problem_type("invalid-payload"),
+        )
+        assert reply["error"]["status"] in (400, 422)
+        if depth < 1024:  # deeper than that, the JSON parser refuses the message first
+            assert reply["error"]["errors"] == [
+                {"detail": "'id' is nested too deeply", "pointer": "#/id"}
+            ]
+        assert await recv_json(ws) == {"id": "slow", "result": 1}
+        deepest = "[" * ID_MAX_DEPTH + "]" * ID_MAX_DEPTH
+        await ws.send('{"id": ' + deepest + ', "payload": [2, 3]}')
+        assert await recv_json(ws) == {"id": orjson.loads(deepest), "result": 5}
 
 
 async def test_client_disconnects_mid_call(demo, tmp_path):
