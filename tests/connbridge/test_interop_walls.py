@@ -26,7 +26,8 @@ PYTHON_311 = next(Path.home().glob(".pyenv/versions/3.11.*/bin/python3"), None)
 @pytest.mark.skipif(PYTHON_311 is None, reason="needs a pyenv Python 3.11 for the FIPS variant")
 async def test_a_fips_patched_server_needs_legacy_digest_sha256(start_backend) -> None:
     backend = await start(start_backend, str(SERVERS / "fips_listener.py"), python=str(PYTHON_311))
-    pool = Pool(backend.address, authkey=KEY, settings=settings(legacy_digest="sha256"))
+    s = settings(legacy_digest="sha256", handshake_timeout=5.0)
+    pool = Pool(backend.address, authkey=KEY, settings=s)
     await pool.start()
     try:
         assert await asyncio.gather(*(pool.call((i, 1)) for i in range(20))) == [
