@@ -64,7 +64,7 @@ from connbridge.addresses import Address
 from .app import create_app
 from .log import configure_logging
 from .openapi_file import DEFAULT_OUTPUT, write_openapi
-from .server.descriptors import client_cap, raise_descriptor_limit
+from .server.descriptors import backlog, client_cap, raise_descriptor_limit
 from .server.http_protocol import http_protocol
 from .server.limits import ClientLimits
 from .server.websocket_protocol import websocket_protocol
@@ -136,12 +136,15 @@ def server_options(settings: Settings, limits: ClientLimits) -> dict[str, Any]:
 
     They replace uvicorn's httptools and websockets-sansio protocols (see
     :mod:`gateway.server`), sharing ``limits``; ``timeout_keep_alive`` is
-    ``[gateway] keepalive_timeout``.
+    ``[gateway] keepalive_timeout``, and the listen backlog is sized so that
+    one burst of accepts fits in the descriptors left over
+    (:func:`gateway.server.descriptors.backlog`).
     """
     return {
         "http": http_protocol(settings.gateway, limits),
         "ws": websocket_protocol(settings.websocket, limits),
         "timeout_keep_alive": settings.gateway.keepalive_timeout,
+        "backlog": limits.backlog,
     }
 
 
@@ -260,7 +263,7 @@ def _client_limits(settings: Settings) -> ClientLimits:
             configured,
             cap,
         )
-    return ClientLimits(cap, settings.websocket.max_sockets)
+    return ClientLimits(cap, settings.websocket.max_sockets, backlog(descriptors.after, cap))
 
 
 def _uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:

@@ -46,6 +46,9 @@ from .limits import ClientLimits
 
 __all__ = ["GatewayHttpProtocol", "http_protocol", "raw_problem"]
 
+#: Seconds the protocol's own answers (408, 431, 503) linger at most.
+_ANSWER_LINGER = 1.0
+
 
 def raw_problem(exc: GatewayError) -> bytes:
     """A whole HTTP/1.1 problem response for ``exc``, closing the connection.
@@ -199,18 +202,26 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         settings = self.settings
         unread = cycle is not None and cycle.more_body and not self.transport.is_closing()
-        if not unread or settings.linger_timeout <= 0 or settings.linger_bytes <= 0:
+        if not unread:
+            self.transport.close()
+            return
+        self._linger(settings.linger_timeout)
+
+    def _linger(self, seconds: float) -> None:
+        """Half-close, then read and drop for ``seconds`` (and ``linger_bytes``), then close."""
+        if seconds <= 0 or self.settings.linger_bytes <= 0:
             self.transport.close()
             return
         self.lingering = True
-        self._linger_left = settings.linger_bytes
+        self._linger_left = self.settings.linger_bytes
         if self._counted:
-            self.limits.busy(self)
+            # Nothing of value is left here: first in line to make room.
+            self.limits.waiting(self)
         # Whatever paused reading (a body bigger than uvicorn's buffer) is moot now.
         self.transport.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self._linger_timer = self.loop.call_later(settings.linger_timeout, self._stop_lingering)
+        self._linger_timer = self.loop.call_later(seconds, self._stop_lingering)
 
     def _stop_lingering(self) -> None:
         if self._linger_timer is not None:
@@ -234,11 +245,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._answer(RequestTimeout(f"the request headers were not received within {timeout:g} s"))
 
     def _answer(self, exc: GatewayError) -> None:
-        """Write a problem response and close: the protocol's own answers."""
+        """Write a problem response and close: the protocol's own answers.
+
+        The close lingers (a second at most), so that a request already on
+        its way does not turn the answer into a reset.
+        """
         self._cancel_timers()
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self.lingering:
             self.transport.write(raw_problem(exc))
-            self.transport.close()
+            self._linger(min(self.settings.linger_timeout, _ANSWER_LINGER))
 
     def _cancel_timers(self) -> None:
         for timer in (self._header_timer, self._linger_timer):

@@ -26,9 +26,11 @@ class Evictable(Protocol):
 class ClientLimits:
     """Open client connections (HTTP and WebSocket) and open WebSockets, with their caps."""
 
-    def __init__(self, max_connections: int, max_sockets: int) -> None:
+    def __init__(self, max_connections: int, max_sockets: int, backlog: int = 2048) -> None:
         self.max_connections = max_connections
         self.max_sockets = max_sockets
+        #: The listen backlog that goes with the cap (uvicorn's ``backlog``).
+        self.backlog = backlog
         #: Client connections open (a WebSocket counts from its HTTP request on).
         self.connections = 0
         #: WebSockets past their handshake.
