@@ -13,7 +13,10 @@ Flow control and memory
     buffer is over its high-water mark, i.e. while the client does not read;
     a client that reads nothing for ``send_timeout`` seconds while a message
     waits to be written is disconnected with 1008 (``slow-client``), without
-    waiting to flush what is queued.
+    waiting to flush what is queued. The gateway's server protocol
+    (:mod:`gateway.server.websocket_protocol`) bounds the transport's buffer
+    itself, pongs included, and drops such a client on its own too; this
+    watchdog keeps the bound under any server.
 
 Draining
     Under the gateway's own server protocol (:mod:`gateway.server.websocket_protocol`)
