@@ -62,3 +62,10 @@ test-browser: $(STAMP)
 .PHONY: container-test
 container-test: $(STAMP)
 	PYTHON=$(BIN)/python bash scripts/container-test.sh
+
+# The long versions of tests/gateway/test_clients.py (hostile clients): 60 s
+# ping and call floods, 20,000 WebSocket attempts, a minute of slowloris under
+# 1,024 descriptors; prints what it measured (about 6 minutes).
+.PHONY: soak-clients
+soak-clients: $(STAMP)
+	CONNBRIDGE_SOAK_CLIENTS=1 $(BIN)/python -X dev -m pytest -p no:cacheprovider -s tests/gateway/test_clients.py

@@ -28,7 +28,12 @@ closes the pools (see :func:`gateway.app.create_app`).
 
 Keepalive pings and the WebSocket message size limit belong to uvicorn's
 protocol layer: :func:`uvicorn_options` turns the ``[websocket]`` settings
-into its options.
+into its options. The per-client bounds that uvicorn lacks (header timeout
+and size, the connection and WebSocket caps, a bounded WebSocket write
+buffer, lingering close, the WebSocket drain) are in the gateway's own
+protocol classes (:mod:`gateway.server`), which :func:`server_options`
+adds. At start-up the soft descriptor limit is raised to the hard one and
+the resulting connection cap is logged.
 """
 
 from __future__ import annotations
@@ -57,9 +62,12 @@ from pydantic import SecretStr
 from connbridge.addresses import Address
 
 from .app import create_app, package_version
-from .http_protocol import http_protocol
 from .log import configure_logging
 from .openapi_file import DEFAULT_OUTPUT, write_openapi
+from .server.descriptors import backlog, client_cap, raise_descriptor_limit
+from .server.http_protocol import http_protocol
+from .server.limits import ClientLimits
+from .server.websocket_protocol import websocket_protocol
 from .settings import (
     CONFIG_ENV,
     BackendSettings,
@@ -69,7 +77,14 @@ from .settings import (
     load_settings,
 )
 
-__all__ = ["exposure_problem", "is_loopback_host", "main", "uvicorn_options"]
+__all__ = [
+    "backend_descriptors",
+    "exposure_problem",
+    "is_loopback_host",
+    "main",
+    "server_options",
+    "uvicorn_options",
+]
 
 logger = logging.getLogger("connbridge.gateway")
 
@@ -103,6 +118,33 @@ def uvicorn_options(settings: WebSocketSettings) -> dict[str, Any]:
         "ws_ping_interval": settings.ping_interval,
         "ws_ping_timeout": settings.ping_timeout,
         "ws_per_message_deflate": settings.per_message_deflate,
+    }
+
+
+def backend_descriptors(settings: Settings) -> int:
+    """Descriptors the backends may hold at most: pooled, draining and session connections."""
+    total = 0
+    for backend in settings.backends.values():
+        pool = backend.pool
+        total += (pool.max_connections + pool.max_draining) * len(backend.address)
+        total += settings.websocket.max_sessions_per_backend
+    return total
+
+
+def server_options(settings: Settings, limits: ClientLimits) -> dict[str, Any]:
+    """Keyword arguments of ``uvicorn.Config`` for the gateway's own protocols.
+
+    They replace uvicorn's httptools and websockets-sansio protocols (see
+    :mod:`gateway.server`), sharing ``limits``; ``timeout_keep_alive`` is
+    ``[gateway] keepalive_timeout``, and the listen backlog is sized so that
+    one burst of accepts fits in the descriptors left over
+    (:func:`gateway.server.descriptors.backlog`).
+    """
+    return {
+        "http": http_protocol(settings.gateway, limits),
+        "ws": websocket_protocol(settings.websocket, limits),
+        "timeout_keep_alive": settings.gateway.keepalive_timeout,
+        "backlog": limits.backlog,
     }
 
 
@@ -206,16 +248,40 @@ class _Server(uvicorn.Server):
                 logger.info("connbridge gateway listening on %s://%s:%d", scheme, shown, port)
 
 
+def _client_limits(settings: Settings) -> ClientLimits:
+    """Raise the descriptor limit, and size the connection cap to what it allows (logged)."""
+    descriptors = raise_descriptor_limit()
+    reserved = backend_descriptors(settings)
+    cap = client_cap(descriptors.after, reserved, settings.gateway.max_client_connections)
+    logger.info(
+        "file descriptors: soft limit %d (was %d); at most %d client connections "
+        "(%d descriptors kept for backends), %d WebSockets",
+        descriptors.after,
+        descriptors.before,
+        cap,
+        reserved,
+        min(settings.websocket.max_sockets, cap),
+    )
+    configured = settings.gateway.max_client_connections
+    if configured is not None and configured > cap:
+        logger.warning(
+            "[gateway] max_client_connections = %d does not fit the descriptor limit; using %d",
+            configured,
+            cap,
+        )
+    return ClientLimits(cap, settings.websocket.max_sockets, backlog(descriptors.after, cap))
+
+
 def _uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicorn.Config:
     gateway = settings.gateway
     have = importlib.util.find_spec
+    limits = _client_limits(settings)
+    options = {**uvicorn_options(settings.websocket), **server_options(settings, limits)}
     return uvicorn.Config(
         app,
-        **uvicorn_options(settings.websocket),
+        **options,
         host=host,
         port=port,
-        # uvicorn's protocols, but a request they cannot parse gets a problem.
-        http=http_protocol(),
         loop="uvloop" if have("uvloop") else "asyncio",
         lifespan="on",
         # Our AccessLogMiddleware writes the per-request line; logging is
@@ -225,7 +291,9 @@ def _uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvico
         server_header=False,
         ssl_certfile=os.fspath(gateway.tls_certfile) if gateway.tls_certfile else None,
         ssl_keyfile=os.fspath(gateway.tls_keyfile) if gateway.tls_keyfile else None,
-        timeout_graceful_shutdown=math.ceil(gateway.shutdown_grace),
+        # A second more than the calls get: drained WebSockets then send
+        # their last replies and close frames.
+        timeout_graceful_shutdown=math.ceil(gateway.shutdown_grace) + 1,
     )
 
 

@@ -20,11 +20,13 @@ unknown-backend                404     no backend by that name
 not-found                      404     no route for the path
 method-not-allowed             405     the route exists with another method
 malformed-http                 400     a request that is not valid HTTP/1.1 (by the
-                                       server's protocol, :mod:`gateway.http_protocol`)
+                                       server's protocol, :mod:`gateway.server.malformed`)
+request-timeout                408     headers or body stalled (``header_timeout``/``body_timeout``)
 body-too-large                 413     a body over ``max_body_bytes``
 unsupported-media-type         415     a body that is not ``application/json``
 invalid-request                422     a request body of the wrong shape
 invalid-payload                422     a payload the schema or the codec refuses
+headers-too-large              431     request headers over ``max_header_bytes``
 backend-exception              502     the backend answered with an exception
 backend-connection-lost        502     the backend closed the connection mid-call
 backend-protocol-error         502     the backend broke the framing rules
@@ -37,6 +39,7 @@ shutting-down                  503     the gateway is closing its pools
 backend-unreachable            503     no address of the backend can be reached
 backend-authentication-failed  503     the handshake with the backend failed
 not-ready                      503     ``/readyz``: some backend is not ready
+too-many-connections           503     the gateway holds its most client connections
 backend-timeout                504     no reply within the call timeout
 internal-error                 500     a bug; details are only logged
 =============================  ======  ==========================================
@@ -65,7 +68,10 @@ The gateway's own request errors are the :class:`GatewayError` subtree
     ├── InvalidRequest              (errors: list of {"detail", "pointer"})
     ├── InvalidPayload              (errors, as above)
     ├── BackendRaised               (the backend's exception object)
-    └── NotReady
+    ├── NotReady
+    ├── RequestTimeout
+    ├── HeadersTooLarge
+    └── TooManyConnections
 """
 
 from __future__ import annotations
@@ -114,11 +120,14 @@ __all__ = [
     "BodyTooLarge",
     "Forbidden",
     "GatewayError",
+    "HeadersTooLarge",
     "InvalidPayload",
     "InvalidRequest",
     "MalformedJSON",
     "NotReady",
     "ProblemType",
+    "RequestTimeout",
+    "TooManyConnections",
     "Unauthorized",
     "UnknownBackend",
     "UnsupportedMediaType",
@@ -245,6 +254,18 @@ class NotReady(GatewayError):
     """``/readyz``: at least one backend cannot currently be reached."""
 
 
+class RequestTimeout(GatewayError):
+    """The client stopped sending its request's headers or body (see ``header_timeout``)."""
+
+
+class HeadersTooLarge(GatewayError):
+    """The request's header block is over ``max_header_bytes``."""
+
+
+class TooManyConnections(GatewayError):
+    """The gateway holds as many client connections (or WebSockets) as it may."""
+
+
 # -- the table --------------------------------------------------------------------------
 
 
@@ -303,6 +324,11 @@ PROBLEM_TYPES: Final[Mapping[type[BaseException], ProblemType]] = {
         "backend-authentication-failed", 503, "Authentication to the backend failed"
     ),
     NotReady: _row("not-ready", 503, "Not ready", retry_after=1),
+    RequestTimeout: _row("request-timeout", 408, "Request timeout"),
+    HeadersTooLarge: _row("headers-too-large", 431, "Request headers too large"),
+    TooManyConnections: _row(
+        "too-many-connections", 503, "Too many client connections", retry_after=1
+    ),
     CallTimeout: _row("backend-timeout", 504, "Backend timeout"),
 }
 

@@ -256,6 +256,24 @@ class GatewaySettings(_Section):
     shutdown_grace: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10.0
     #: Seconds a ``/readyz`` probe waits for each backend.
     readiness_timeout: PositiveFloat = 2.0
+    #: Open client connections (HTTP and WebSocket) at most. ``None``: as
+    #: many as the descriptor limit leaves once the backends' connections are
+    #: set aside. At the cap an idle connection, or one still sending its
+    #: headers, is closed to make room; with none, a 503 ``too-many-connections``.
+    max_client_connections: PositiveInt | None = None
+    #: Seconds a client has to send a request's headers (408 ``request-timeout``).
+    header_timeout: PositiveFloat = 10.0
+    #: Seconds a request body may stall (no byte arriving) while the gateway reads it.
+    body_timeout: PositiveFloat = 30.0
+    #: Seconds an idle keep-alive connection is kept open between requests.
+    keepalive_timeout: PositiveFloat = 5.0
+    #: Most bytes of a request header block; past it, 431 ``headers-too-large``.
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    #: After a response sent before the request body was read (an early 413),
+    #: the rest of the body is read and dropped for at most this many seconds
+    #: and ``linger_bytes`` bytes, so that a client still sending sees the answer.
+    linger_timeout: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 5.0
+    linger_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
     #: Deepest nesting accepted in a payload and produced in a result.
     max_depth: Annotated[int, Field(ge=1, le=10_000)] = 256
     #: Most text (strings, base64 of bytes) in one result; a reply that shares
@@ -477,6 +495,16 @@ class WebSocketSettings(_Section):
     ping_interval: PositiveFloat | None = 20.0
     ping_timeout: PositiveFloat | None = 20.0
     per_message_deflate: bool = False
+    #: Open WebSockets at most (both routes); past it a handshake gets a 503
+    #: ``too-many-connections`` problem.
+    max_sockets: PositiveInt = 1000
+    #: Bytes waiting in a socket's transport before the gateway stops reading
+    #: from the client (pings and calls alike); a socket that stays over it
+    #: for ``send_timeout`` seconds is dropped with 1008 ``slow-client``.
+    write_buffer_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    #: Seconds the gateway waits for the client's answer to its close frame
+    #: (refusals included); what the client sends meanwhile is read and dropped.
+    close_timeout: PositiveFloat = 5.0
 
 
 class AuthSettings(_Section):

@@ -61,7 +61,8 @@ _FIRST_REPLY_ONLY: Final = {EXTRA_REPLIES_HEADER: "discarded"}
 async def _compute(request: Request, name: str | None) -> Response:
     state = gateway_state(request.app)
     caller = authenticate(request, state)  # before the body is read
-    body = await read_json(request, state.settings.gateway.max_body_bytes)
+    gateway = state.settings.gateway
+    body = await read_json(request, gateway.max_body_bytes, gateway.body_timeout)
     call = parse_call(body)
     if name is not None:
         if call.backend is not None and call.backend != name:
@@ -119,7 +120,7 @@ async def _compute_batch(request: Request) -> Response:
     state = gateway_state(request.app)
     caller = authenticate(request, state)
     settings = state.settings.gateway
-    body = await read_json(request, settings.max_body_bytes)
+    body = await read_json(request, settings.max_body_bytes, settings.body_timeout)
     requests = _batch_requests(body, settings.batch_max_requests)
     context = request_context(request.scope)
     request_id = context.request_id if context is not None else None

@@ -17,7 +17,8 @@ Refusals and close codes
 
     ====  ========================================================================
     1000  the client closed the socket (echoed)
-    1001  ``idle-timeout``: a session without a message for ``session_idle_timeout``
+    1001  ``idle-timeout``: a session without a message for ``session_idle_timeout``;
+          ``shutting-down``: ``/ws`` after a drain, once its calls are answered
     1003  ``binary-message``: a session takes JSON in text messages only
     1007  ``malformed-json``, ``invalid-payload``: a session message that is not
           JSON, or that the codec or the backend's ``payload_schema`` refuses
@@ -30,7 +31,8 @@ Refusals and close codes
           connection or died), ``refused-pickle``, ``backend-protocol-error``
           (a frame too large, a corrupt header), ``unconvertible-result``;
           ``internal-error``
-    1012  the gateway is restarting (sent by uvicorn at shutdown)
+    1012  ``shutting-down``: a session when the gateway drains (with no reason
+          when the server is not the gateway's own, which closes at once)
     1013  try again later: ``too-many-sessions`` for the backend; or the session's
           connection cannot be opened (the errors that are 503 in the REST API):
           ``backend-unreachable``, ``backend-authentication-failed``,
@@ -69,16 +71,22 @@ from ..log import log_access
 from ..problems import GatewayError, describe
 from ..state import Backend, GatewayState
 from ..websocket.calls import CALLS_ROUTE, Calls
-from ..websocket.link import Close, Link, problem_reason, reason
+from ..websocket.link import Close, Link, Worker, problem_reason, reason
 from ..websocket.session import SESSION_ROUTE, Session
 
 __all__ = [
     "CALLS_ROUTE",
+    "SESSION_DRAINED",
     "SESSION_ROUTE",
     "WebSocketHub",
     "install",
     "websocket_hub",
 ]
+
+#: The close of a session when the gateway drains: a session has no call to finish.
+SESSION_DRAINED = Close(
+    1012, reason("shutting-down", "the gateway is restarting; open a new session")
+)
 
 
 class WebSocketHub:
@@ -205,11 +213,14 @@ class WebSocketHub:
                 return
             try:
                 session = Session(link, self.state, backend, conn, result_format)
-                ending = await link.serve(
+                workers: list[Worker] = [
                     ("client reader", session.upstream()),
                     ("backend reader", session.downstream()),
                     ("idle timer", session.watch_idle()),
-                )
+                ]
+                if link.drain is not None:
+                    workers.append(("drain", link.close_on_drain(SESSION_DRAINED)))
+                ending = await link.serve(*workers)
             finally:
                 # The backend sees EOF; shielded so that a cancelled handler
                 # still closes it.

@@ -15,6 +15,12 @@ its reply could not be written.
 At most ``max_in_flight`` calls run at once: at the bound the reader stops
 reading from the socket (uvicorn then stops reading from the TCP
 connection), so a fast client is slowed down, never refused.
+
+When the server drains (:attr:`~gateway.websocket.link.Link.drain`), the
+reader stops reading new calls; the calls in flight get ``shutdown_grace``
+seconds to finish (a call still running then is answered with a
+``shutting-down`` error), every reply is sent, and the socket is closed
+with 1001 ``shutting-down: ...``.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ from typing import Any, Final
 
 import orjson
 
+from connbridge.errors import PoolClosed
+
 from ..auth import Principal
 from ..body import parse_json
-from ..calls import parse_call, run_call
+from ..calls import CallRequest, parse_call, run_call
 from ..problems import INTERNAL_ERROR, InvalidRequest, problem_object
 from ..state import Backend, GatewayState
-from .link import Link, too_big
+from .link import Close, Link, reason, too_big
 
 __all__ = ["CALLS_ROUTE", "ID_MAX_DEPTH", "Calls"]
 
@@ -46,6 +54,11 @@ CALLS_ROUTE: Final = "/ws"
 ID_MAX_DEPTH: Final = 32
 
 _MISSING: Final = object()
+
+#: The close of a drained ``/ws`` socket, once its calls are answered.
+DRAINED: Final = Close(
+    1001, reason("shutting-down", "the gateway is shutting down; reconnect to make more calls")
+)
 
 
 def _too_deep(value: Any, limit: int = ID_MAX_DEPTH) -> bool:
@@ -90,40 +103,66 @@ class Calls:
         self.in_flight = 0
         self._note_in_flight = note_in_flight
         self._slots = asyncio.Semaphore(link.settings.max_in_flight)
+        #: The time limit of each call in flight: none until the server drains.
+        self._cutoffs: set[asyncio.Timeout] = set()
+        self._cutoff: float | None = None
 
     async def read(self) -> None:
-        """Read call requests until the client goes, with at most ``max_in_flight`` running.
+        """Read and run calls until the client goes, or until the server drains.
 
         The calls run in a task group: when the link stops the reader, the
-        calls still running are cancelled with it.
+        calls still running are cancelled with it. On a drain the reading
+        stops, the calls in flight finish (within ``shutdown_grace``) and
+        the link ends with :data:`DRAINED`.
         """
+        drain = self.link.drain
+        async with asyncio.TaskGroup() as group:
+            reading = group.create_task(self._read(group))
+            if drain is None:
+                return
+            waiter = asyncio.ensure_future(drain.wait())
+            try:
+                await asyncio.wait({reading, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if reading.done():
+                return
+            # A cancelled child does not stop its group: the calls go on.
+            reading.cancel()
+            loop = asyncio.get_running_loop()
+            self._cutoff = loop.time() + self.state.settings.gateway.shutdown_grace
+            for cutoff in self._cutoffs:
+                cutoff.reschedule(self._cutoff)
+        self.link.end(DRAINED)
+
+    async def _read(self, group: asyncio.TaskGroup) -> None:
+        """Read call requests until the client goes, with at most ``max_in_flight`` running."""
         websocket, link, slots = self.link.websocket, self.link, self._slots
         most = link.settings.max_message_bytes
-        async with asyncio.TaskGroup() as group:
-            while True:
-                # Backpressure: no receive() until a call is done, so uvicorn
-                # stops reading the TCP connection and the client's sends wait.
-                await slots.acquire()
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    link.gone(message.get("code", 1005))
-                    return
-                text = message.get("text")
-                if text is None:
-                    slots.release()
-                    error = InvalidRequest(
-                        "send each call as a text message holding a JSON object",
-                        [{"detail": "binary messages are not supported", "pointer": "#"}],
-                    )
-                    await link.outbox.put(self._error(None, error, None)[0])
-                    continue
-                data = text.encode("utf-8")
-                if len(data) > most:
-                    link.end(too_big(len(data), most))
-                    return
-                self.in_flight += 1
-                self._note_in_flight(self.in_flight)
-                group.create_task(self._call(data))
+        while True:
+            # Backpressure: no receive() until a call is done, so uvicorn
+            # stops reading the TCP connection and the client's sends wait.
+            await slots.acquire()
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                link.gone(message.get("code", 1005))
+                return
+            text = message.get("text")
+            if text is None:
+                slots.release()
+                error = InvalidRequest(
+                    "send each call as a text message holding a JSON object",
+                    [{"detail": "binary messages are not supported", "pointer": "#"}],
+                )
+                await link.outbox.put(self._error(None, error, None)[0])
+                continue
+            data = text.encode("utf-8")
+            if len(data) > most:
+                link.end(too_big(len(data), most))
+                return
+            self.in_flight += 1
+            self._note_in_flight(self.in_flight)
+            group.create_task(self._call(data))
 
     async def _call(self, data: bytes) -> None:
         ident: Any = None
@@ -148,7 +187,7 @@ class Calls:
                         )
                 call = parse_call(body)
                 backend = self.state.backend_for(self.principal, call.backend)
-                answer = await run_call(self.state, backend, call)
+                answer = await self._run(backend, call)
                 reply = _dumps({"id": ident, "result": answer["result"]})
                 status = 200
             except Exception as exc:
@@ -163,6 +202,21 @@ class Calls:
         finally:
             self.in_flight -= 1
             self._slots.release()
+
+    async def _run(self, backend: Backend, call: CallRequest) -> dict[str, Any]:
+        # Without a drain the cutoff never fires; with one, it is rescheduled
+        # to the end of the grace period.
+        cutoff = asyncio.timeout_at(self._cutoff)
+        self._cutoffs.add(cutoff)
+        try:
+            async with cutoff:
+                return await run_call(self.state, backend, call)
+        except TimeoutError:
+            if cutoff.expired():
+                raise PoolClosed("the gateway shut down before the call finished") from None
+            raise
+        finally:
+            self._cutoffs.discard(cutoff)
 
     def _error(self, ident: Any, exc: Exception, backend: Backend | None) -> tuple[str, int]:
         """The error reply for ``exc`` (the problem object of the REST API), and its status."""

@@ -13,7 +13,18 @@ Flow control and memory
     buffer is over its high-water mark, i.e. while the client does not read;
     a client that reads nothing for ``send_timeout`` seconds while a message
     waits to be written is disconnected with 1008 (``slow-client``), without
-    waiting to flush what is queued.
+    waiting to flush what is queued. The gateway's server protocol
+    (:mod:`gateway.server.websocket_protocol`) bounds the transport's buffer
+    itself, pongs included, and drops such a client on its own too; this
+    watchdog keeps the bound under any server.
+
+Draining
+    Under the gateway's own server protocol (:mod:`gateway.server.websocket_protocol`)
+    the scope carries the ``connbridge.drain`` extension, an event set when
+    the server shuts down: :attr:`Link.drain`. ``/ws`` then stops reading
+    calls, answers those in flight and closes with 1001; a session closes
+    with 1012 (:meth:`Link.close_on_drain`). Under another server the event
+    is absent and the server's own shutdown applies.
 
 Each close reason starts with a slug (the problem type's for errors that
 have one) and is cut to the 123 bytes a close frame can carry.
@@ -33,6 +44,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..context import request_context
 from ..problems import describe
+from ..server.websocket_protocol import DRAIN_EXTENSION
 from ..settings import WebSocketSettings
 
 __all__ = [
@@ -181,6 +193,17 @@ class Link:
         self.request_id = context.request_id if context is not None else None
         #: The code of the client's close frame, once it is gone.
         self.client_code = 1006
+        drain = (websocket.scope.get("extensions") or {}).get(DRAIN_EXTENSION)
+        #: Set when the server shuts down; ``None`` when the server cannot tell.
+        self.drain: asyncio.Event | None = drain if isinstance(drain, asyncio.Event) else None
+
+    async def close_on_drain(self, close: Close) -> None:
+        """A worker: end the socket with ``close`` once the server drains (started with one)."""
+        if self.drain is None:
+            await asyncio.Future()  # pragma: no cover - only started with a drain event
+        else:
+            await self.drain.wait()
+            self.end(close)
 
     def end(self, close: Close | None) -> None:
         """Decide how the socket ends (``None``: the client is gone); the first decision wins."""

@@ -1,7 +1,7 @@
 """Malformed HTTP gets a ``malformed-http`` problem from the server's protocol, not text/plain.
 
 Raw requests over a real socket to the app served by uvicorn with the
-protocols of :mod:`gateway.http_protocol` (httptools' and h11's).
+protocols of :mod:`gateway.server.malformed` (httptools' and h11's).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import orjson
 import pytest
 from gateway_support import PROBLEM, problem_type, serve_gateway
 
-from gateway.http_protocol import (
+from gateway.server.http_protocol import GatewayHttpProtocol
+from gateway.server.malformed import (
     MALFORMED_DETAIL,
     ProblemH11Protocol,
     ProblemHttpToolsProtocol,
-    http_protocol,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -70,8 +70,8 @@ def settings():
     return {"backends": {"none": {"address": "unix:/nonexistent/connbridge.sock"}}}
 
 
-def test_the_fastest_protocol_is_served():
-    assert http_protocol() is ProblemHttpToolsProtocol
+def test_the_served_protocol_answers_malformed_requests_with_a_problem():
+    assert issubclass(GatewayHttpProtocol, ProblemHttpToolsProtocol)
 
 
 @pytest.mark.parametrize("protocol", [ProblemHttpToolsProtocol, ProblemH11Protocol])
@@ -107,4 +107,5 @@ def test_the_command_line_serves_with_it():
 
     settings = Settings(backends={"none": {"address": "unix:/nonexistent/connbridge.sock"}})
     config = _uvicorn_config(create_app(settings), settings, "127.0.0.1", 0)
-    assert config.http is ProblemHttpToolsProtocol
+    assert isinstance(config.http, type)
+    assert issubclass(config.http, ProblemHttpToolsProtocol)

@@ -1,4 +1,4 @@
-"""The server's HTTP/1.1 protocols, answering a malformed request with a problem.
+"""uvicorn's HTTP/1.1 protocols, answering a malformed request with a problem.
 
 uvicorn parses HTTP before any app sees it; when its parser (httptools, or
 h11 where httptools is missing) refuses a request (a NUL or a bare CR in a
@@ -13,26 +13,25 @@ parse, is overridden: a request that parses runs exactly uvicorn's code.
 The detail is fixed text: the parsers' own messages may quote the bytes
 they refused, which can be a header holding a key.
 
-:func:`http_protocol` gives the class that ``uvicorn.Config(http=...)``
-takes (:func:`gateway.cli` serves with it).
+:class:`~gateway.server.http_protocol.GatewayHttpProtocol`, the protocol
+the gateway serves with, builds on :class:`ProblemHttpToolsProtocol`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
 import orjson
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .context import new_request_id
-from .problems import MALFORMED_HTTP, MEDIA_TYPE, problem_body
+from ..context import new_request_id
+from ..problems import MALFORMED_HTTP, MEDIA_TYPE, problem_body
 
 __all__ = [
     "MALFORMED_DETAIL",
     "ProblemH11Protocol",
     "ProblemHttpToolsProtocol",
-    "http_protocol",
     "malformed_response",
 ]
 
@@ -69,24 +68,9 @@ class ProblemH11Protocol(H11Protocol):
         self.transport.close()
 
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # pragma: no cover (httptools missing: uvicorn falls back on h11)
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+class ProblemHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol; a request httptools refuses gets a problem."""
 
-
-def http_protocol() -> type[asyncio.Protocol]:
-    """The protocol class to serve with: httptools' when installed, else h11's."""
-    if HttpToolsProtocol is None:  # pragma: no cover
-        return ProblemH11Protocol
-    return ProblemHttpToolsProtocol
-
-
-if HttpToolsProtocol is not None:
-
-    class ProblemHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol; a request httptools refuses gets a problem."""
-
-        def send_400_response(self, msg: str) -> None:
-            self.transport.write(malformed_response())
-            self.transport.close()
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(malformed_response())
+        self.transport.close()
