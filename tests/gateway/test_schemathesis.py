@@ -101,9 +101,9 @@ def not_a_gateway_error(ctx: Any, response: Any, case: Any) -> None:
         return
     # With such a timeout there is no time to open a connection either: a stream
     # leaves none idle after an unprovable end (and an abandoned call drains its own).
-    if response.status_code == 503 and asked is not None and asked < 1e-3:
-        if response.json().get("type") == POOL_EXHAUSTED:
-            return
+    exhausted = response.status_code == 503 and response.json().get("type") == POOL_EXHAUSTED
+    if exhausted and asked is not None and asked < 1e-3:
+        return
     raise AssertionError(
         f"{case.method} {case.path} answered {response.status_code}: {response.text[:500]}"
     )
