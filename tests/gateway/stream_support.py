@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The gateway's address in the README's examples (tests put the real one in).
+README_URL = "http://127.0.0.1:8000"
+
+
+def readme_example(language: str, marker: str) -> str:
+    """The one fenced ``language`` block of the README's "Streaming" section with ``marker``."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Streaming\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+    found = [block for block in blocks if marker in block]
+    assert len(found) == 1, f"the README's Streaming section has no single {language} {marker}"
+    return str(found[0])
 
 
 def stream_op(count: int, value: object = "v", delay: float = 0.0) -> dict[str, Any]:

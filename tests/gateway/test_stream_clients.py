@@ -12,34 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 from gateway_support import backend_config, serve_gateway, sha256_hex, wait_until
+from stream_support import README_URL, readme_example
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[2]
-README_URL = "http://127.0.0.1:8000"
 README_KEY = "my-api-key"
 CURL = shutil.which("curl")
 NODE = shutil.which("node")
-
-
-def readme_streaming_blocks(language: str) -> list[str]:
-    """The fenced code blocks of one language in the README's "Streaming" section."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Streaming\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
-
-
-def readme_example(language: str, marker: str) -> str:
-    found = [block for block in readme_streaming_blocks(language) if marker in block]
-    assert len(found) == 1, f"the README's Streaming section has no single {language} {marker}"
-    return found[0]
 
 
 @pytest.fixture(scope="module")
