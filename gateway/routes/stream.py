@@ -80,6 +80,7 @@ from ..body import read_json
 from ..calls import decode_payload
 from ..context import request_context, set_backend, set_route
 from ..deps import authenticate, gateway_state, header
+from ..metrics import GatewayMetrics
 from ..openapi import problem_responses, request_body, stream_responses
 from ..problems import (
     BackendRaised,
@@ -113,10 +114,11 @@ _GONE: Final = ConnectionAbortedError("the client went away")
 
 
 class _OpenStreams:
-    """Streams open per backend, bounded by each backend's ``max_streams``."""
+    """Streams open per backend, bounded by each backend's ``max_streams``, and their ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: GatewayMetrics) -> None:
         self.open: Counter[str] = Counter()
+        self._metrics = metrics
 
     def admit(self, backend: Backend) -> None:
         most = backend.settings.max_streams
@@ -126,9 +128,14 @@ class _OpenStreams:
                 headers={"Retry-After": "1"},
             )
         self.open[backend.name] += 1
+        self._metrics.streams.labels(backend.name).inc()
 
-    def release(self, backend: Backend) -> None:
+    def release(self, backend: Backend, reason: str | None = None) -> None:
+        """One stream is over (``reason``: how it ended, once it had started)."""
         self.open[backend.name] -= 1
+        self._metrics.streams.labels(backend.name).dec()
+        if reason is not None:
+            self._metrics.stream_ends.labels(backend.name, reason).inc()
 
 
 class _Run:
@@ -137,13 +144,14 @@ class _Run:
     __slots__ = ("_block", "_release", "done")
 
     def __init__(
-        self, block: AbstractAsyncContextManager[ReplyStream], release: Callable[[], None]
+        self, block: AbstractAsyncContextManager[ReplyStream], release: Callable[[str], None]
     ) -> None:
         self._block = block
         self._release = release
         self.done = False
 
-    async def close(self, exc: BaseException | None = None) -> None:
+    async def close(self, reason: str, exc: BaseException | None = None) -> None:
+        """Leave the pool's block (with ``exc``, if the stream broke); count the end."""
         if self.done:
             return
         self.done = True
@@ -153,7 +161,7 @@ class _Run:
             else:
                 await self._block.__aexit__(type(exc), exc, exc.__traceback__)
         finally:
-            self._release()
+            self._release(reason)
 
 
 class _StreamResponse(StreamingResponse):
@@ -169,7 +177,7 @@ class _StreamResponse(StreamingResponse):
         finally:
             # The client went before the body started or finished: its
             # generator may never run its own cleanup.
-            await self._run.close(_GONE)
+            await self._run.close("gone", _GONE)
 
 
 class _Stream:
@@ -281,17 +289,17 @@ async def _open(request: Request, name: str | None, *, query: bool) -> Response:
     except BaseException:
         streams.release(backend)
         raise
-    run = _Run(block, lambda: streams.release(backend))
+    run = _Run(block, lambda reason: streams.release(backend, reason))
     shaped = _Stream(state, backend, stream, replies)
     try:
         first = await replies.next()
         if shaped.is_sentinel(first):
             replies.finish()
-            await run.close()
+            await run.close("sentinel")
             return Response(framing.end("sentinel"), media_type=framing.media_type)
         item = shaped.item(first)
     except BaseException as exc:
-        await run.close(exc)
+        await run.close("error", exc)
         raise
     return _StreamResponse(_items(scope, shaped, framing, run, item), framing, run)
 
@@ -303,6 +311,7 @@ async def _items(
     replies = shaped.replies
     failure: Exception | None = None
     last: bytes | None = None
+    reason = "error"
     heartbeat = shaped.backend.settings.stream_heartbeat_interval
     try:
         yield framing.result(0, first)
@@ -310,7 +319,8 @@ async def _items(
         while last is None:
             if shaped.count is not None and seq >= shaped.count:
                 replies.finish()
-                last = framing.end("count")
+                reason = "count"
+                last = framing.end(reason)
                 break
             if seq >= shaped.most:
                 raise TooManyReplies(
@@ -332,16 +342,19 @@ async def _items(
                 else:
                     reply = await replies.next(shaped.idle)
             except StreamIdle:
-                last = framing.end("idle")
+                reason = "idle"
+                last = framing.end(reason)
                 break
             except ConnectionClosed:
                 if not shaped.closed_ends:
                     raise
-                last = framing.end("closed")
+                reason = "closed"
+                last = framing.end(reason)
                 break
             if shaped.is_sentinel(reply):
                 replies.finish()
-                last = framing.end("sentinel")
+                reason = "sentinel"
+                last = framing.end(reason)
                 break
             yield framing.result(seq, shaped.item(reply))
             seq += 1
@@ -358,11 +371,11 @@ async def _items(
         )
         last = framing.error(problem)
     except BaseException as exc:
-        await run.close(exc)  # cancelled: the client went away
+        await run.close("gone", exc)  # cancelled: the client went away
         raise
     # The connection is let go before the last item is written: a client
     # that has read it finds the pool as it left it.
-    await run.close(failure)
+    await run.close(reason, failure)
     yield last
 
 
@@ -454,5 +467,5 @@ def router(state: GatewayState) -> APIRouter:
 
 def install(app: Any, state: GatewayState) -> None:
     """Add the stream routes to ``app``, with its count of open streams."""
-    app.state.open_streams = _OpenStreams()
+    app.state.open_streams = _OpenStreams(state.metrics)
     app.include_router(router(state))

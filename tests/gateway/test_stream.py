@@ -105,6 +105,9 @@ async def test_an_idle_gap_ends_the_stream_and_closes_the_connection(demo, tmp_p
         assert items == [*results(1), {"end": {"reason": "idle"}}]
         stats = await settled(gw)
         assert stats["closed"].get("stream_end") == 2
+        metrics = (await gw.client.get("/metrics")).text
+        assert 'connbridge_stream_ends_total{backend="b",reason="idle"} 2.0' in metrics
+        assert 'connbridge_streams{backend="b"} 0.0' in metrics
 
 
 async def test_a_sentinel_ends_the_stream_and_is_not_written(demo, tmp_path):
@@ -305,6 +308,8 @@ async def test_a_client_that_goes_away_frees_the_connection(demo, tmp_path):
                     break
             stats = await settled(gw)
         assert stats["closed"].get("stream_error", 0) + stats["closed"].get("stream_end", 0) == 2
+        metrics = (await gw.client.get("/metrics")).text
+        assert 'connbridge_stream_ends_total{backend="b",reason="gone"} 2.0' in metrics
         # The slot is free again.
         items = await post_ndjson(
             gw.client, "/backends/b/stream", {"payload": stream_op(2), "replies": 2}
@@ -437,3 +442,68 @@ async def test_a_reader_that_pauses_gets_every_reply_in_order(demo, tmp_path):
                     count += 1
             assert item == {"end": {"reason": "count"}} and count == 2000
         await settled(gw)
+
+
+# -- settings, negotiation and the document ------------------------------------------------
+
+
+def test_the_stream_keys_are_checked_with_the_backend_table(tmp_path):
+    from gateway.settings import ConfigError, load_settings
+
+    def load(extra: str) -> object:
+        path = tmp_path / "c.toml"
+        path.write_text(f'[backends.b]\naddress = "127.0.0.1:1"\n{extra}\n')
+        return load_settings(path)
+
+    backend = load('stream_end = "sentinel"\nstream_sentinel = \'{"$tuple": [1, "done"]}\'')
+    assert backend.backends["b"].sentinel == (1, "done")
+    assert load("").backends["b"].sentinel is None  # "null" by default
+    for bad, key in [
+        ('stream_sentinel = "{"', "stream_sentinel"),
+        ("stream_sentinel = '{\"$nope\": 1}'", "stream_sentinel"),
+        ('stream_end = "never"', "stream_end"),
+        ("max_streams = 0", "max_streams"),
+        ("stream_idle_timeout = -1", "stream_idle_timeout"),
+    ]:
+        with pytest.raises(ConfigError, match=f"backends.b.{key}"):
+            load(bad)
+
+
+def test_accept_picks_the_framing():
+    from gateway.problems import NotAcceptable
+    from gateway.streams import NDJSON_FRAMING, SSE_FRAMING, pick_framing
+
+    assert pick_framing(None) is NDJSON_FRAMING
+    assert pick_framing("*/*") is NDJSON_FRAMING
+    assert pick_framing("text/event-stream") is SSE_FRAMING
+    assert pick_framing("text/html, text/event-stream;q=0.9") is SSE_FRAMING
+    assert pick_framing("application/x-ndjson;q=0, text/*") is SSE_FRAMING
+    for refused in ("text/html", "application/json", "application/x-ndjson;q=0.0"):
+        with pytest.raises(NotAcceptable):
+            pick_framing(refused)
+
+
+async def test_the_document_describes_the_stream_operations(demo, tmp_path):
+    async with serve_gateway(settings_for(demo, tmp_path)) as gw:
+        document = (await gw.client.get("/openapi.json")).json()
+    paths = document["paths"]
+    operations = {
+        ("post", "/stream"),
+        ("post", "/backends/{name}/stream"),
+        ("get", "/backends/{name}/stream"),
+    }
+    for method, path in operations:
+        ok = paths[path][method]["responses"]["200"]["content"]
+        assert set(ok) == {"application/x-ndjson", "text/event-stream"}
+        assert ok["application/x-ndjson"]["schema"] == {"$ref": "#/components/schemas/StreamItem"}
+    schemas = document["components"]["schemas"]
+    assert [one["$ref"].rsplit("/", 1)[1] for one in schemas["StreamItem"]["anyOf"]] == [
+        "StreamResult",
+        "StreamEnd",
+        "StreamError",
+    ]
+    assert set(schemas["StreamRequest"]["properties"]) >= {"payload", "replies", "idle_timeout"}
+    get = paths["/backends/{name}/stream"]["get"]
+    assert {p["name"] for p in get["parameters"]} >= {"name", "payload", "access_token"}
+    reasons = schemas["StreamEndReason"]["properties"]["reason"]["enum"]
+    assert reasons == ["sentinel", "count", "closed", "idle"]
