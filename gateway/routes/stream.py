@@ -337,7 +337,8 @@ async def _items(
                             if not pending.done():
                                 yield framing.heartbeat()
                     finally:
-                        pending.cancel()
+                        if not pending.cancel():
+                            pending.exception()  # retrieved: never logged as lost
                     reply = pending.result()
                 else:
                     reply = await replies.next(shaped.idle)
