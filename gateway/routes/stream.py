@@ -200,9 +200,7 @@ class _Stream:
             idle = request.idle_timeout
         self.idle = idle
         # An end by EOF is complete only where no sentinel or count is awaited.
-        self.closed_ends = not self.sentinel_mode and self.count is None
-        if settings.stream_end == "count":
-            self.closed_ends = False
+        self.closed_ends = settings.stream_end in ("idle", "closed") and self.count is None
 
     def is_sentinel(self, reply: object) -> bool:
         sentinel = self.sentinel

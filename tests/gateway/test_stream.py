@@ -507,3 +507,19 @@ async def test_the_document_describes_the_stream_operations(demo, tmp_path):
     assert {p["name"] for p in get["parameters"]} >= {"name", "payload", "access_token"}
     reasons = schemas["StreamEndReason"]["properties"]["reason"]["enum"]
     assert reasons == ["sentinel", "count", "closed", "idle"]
+
+
+async def test_no_route_sees_an_access_token_in_the_query(demo, tmp_path):
+    from starlette.responses import PlainTextResponse
+
+    async def query(request):
+        return PlainTextResponse(request.scope["query_string"].decode())
+
+    def setup(app):
+        app.add_route("/query", query)
+
+    async with serve_gateway(settings_for(demo, tmp_path), setup=setup) as gw:
+        response = await gw.client.get("/query?a=1&access_token=secret&b=%20")
+        assert response.text == "a=1&b=%20"
+        response = await gw.client.get("/query?access%5Ftoken=secret")
+        assert response.text == ""
