@@ -3,7 +3,7 @@
 Environment (see bench/README.md for every size knob):
 
 ``BENCH_ROWS``
-    Comma-separated groups to run, default all: ``core,http,latency,ws,large,memory``.
+    Comma-separated groups to run, default all: ``core,http,latency,ws,stream,large,memory``.
 ``BENCH_QUICK=1``
     Small sizes everywhere, for a smoke run of a minute or so; any
     ``BENCH_<KNOB>`` still wins. The results are not worth committing.
@@ -20,7 +20,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-GROUPS = ("core", "http", "latency", "ws", "large", "memory")
+GROUPS = ("core", "http", "latency", "ws", "stream", "large", "memory")
 #: Sizes of the lead's core rows under BENCH_QUICK (they read their own variables).
 _QUICK_CORE = {"BENCH_ROUND_TRIPS": "1000", "BENCH_POOL_CALLS": "4000"}
 
@@ -91,8 +91,9 @@ def main() -> int:
         rows += core_rows()
     with workdir() as directory, demo_backend() as backend:
         config = write_config(directory, backend, log_level=log_level)
-        if set(groups) & {"http", "latency", "ws", "large"}:
+        if set(groups) & {"http", "latency", "ws", "stream", "large"}:
             from .http import large_rows, latency_rows, throughput_rows
+            from .stream import stream_rows
             from .ws import ws_rows
 
             with gateway(config, backend, directory) as server:
@@ -109,6 +110,9 @@ def main() -> int:
                     print("websocket rows ...", file=sys.stderr, flush=True)
                     with echo_server(directory) as echo:
                         rows += ws_rows(server, echo)
+                if "stream" in groups:
+                    print("stream rows ...", file=sys.stderr, flush=True)
+                    rows += stream_rows(server, backend)
                 if "large" in groups:
                     # Last on this gateway: its buffers grow to the payload's size.
                     print("large payload rows ...", file=sys.stderr, flush=True)

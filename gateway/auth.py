@@ -16,11 +16,13 @@ scope) when keys are configured, unless ``[gateway] metrics_public = true``:
 it names backends and their traffic, and Prometheus can send a bearer token.
 A scoped key sees only its backends' series there (:mod:`gateway.metrics`).
 
-The WebSocket routes use :meth:`KeyRing.authenticate` as well, with the key
-from the ``Authorization`` header or, for browsers that cannot set headers
-on a WebSocket, from an ``access_token`` query parameter. The access-log
-middleware takes that parameter out of the scope before routing
-(:func:`take_access_token`), so no log line and no route ever sees it.
+The WebSocket routes and ``GET /backends/{name}/stream`` use
+:meth:`KeyRing.authenticate` as well, with the key from the ``Authorization``
+header or, for browsers that cannot set headers on a WebSocket or an
+``EventSource``, from an ``access_token`` query parameter. The access-log
+middleware takes that parameter out of the scope of every request before
+routing (:func:`take_access_token`), so no log line and no route ever sees
+it; only those routes read it back from the request's context.
 """
 
 from __future__ import annotations
@@ -145,9 +147,11 @@ class KeyRing:
 def take_access_token(scope: MutableMapping[str, Any]) -> str | None:
     """Remove ``access_token`` from the query string of ``scope``; return its (first) value.
 
-    Called before routing, for every WebSocket, so that no log line (uvicorn
-    logs the path with its query string when it accepts or refuses a socket,
-    including one to an unknown path) and no route ever sees the key.
+    Called before routing, for every WebSocket and every HTTP request with a
+    query string, so that no log line (uvicorn logs the path with its query
+    string when it accepts or refuses a socket, including one to an unknown
+    path, and in its HTTP access log when that is on) and no route ever sees
+    the key.
     """
     query: bytes = scope.get("query_string", b"")
     if b"access_token" not in query and b"%" not in query:

@@ -43,8 +43,8 @@ class RequestContext:
     route: str | None = None
     #: Backend the request was for, once known.
     backend: str | None = None
-    #: The caller's key when it came as a WebSocket's ``access_token`` query
-    #: parameter (see :func:`gateway.auth.take_access_token`).
+    #: The caller's key when it came as an ``access_token`` query parameter (a
+    #: WebSocket's, an EventSource's; see :func:`gateway.auth.take_access_token`).
     access_token: str | None = field(default=None, repr=False)
 
 

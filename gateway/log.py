@@ -27,10 +27,12 @@ The access line itself is built from escaped fields and skips the filter.
 The module is named ``log`` rather than ``logging`` so that it never shadows
 the standard library.
 
-For a WebSocket it only opens the context and takes the ``access_token``
-query parameter out of the scope (:func:`gateway.auth.take_access_token`);
-the WebSocket routes write the socket's line with :func:`log_access` when it
-ends.
+The ``access_token`` query parameter (the key of a WebSocket, or of an
+``EventSource`` on ``GET /backends/{name}/stream``) is taken out of the
+scope before routing (:func:`gateway.auth.take_access_token`), so no log
+line and no route sees it. For a WebSocket the middleware only does that and
+opens the context; the WebSocket routes write the socket's line with
+:func:`log_access` when it ends.
 """
 
 from __future__ import annotations
@@ -200,6 +202,9 @@ class AccessLogMiddleware:
             return
 
         context = open_context(scope)
+        if scope.get("query_string"):
+            # An EventSource's key (GET .../stream): out of the scope before routing.
+            context.access_token = take_access_token(scope)
         header = (b"x-request-id", context.request_id.encode("ascii"))
         status = 500
         started = False

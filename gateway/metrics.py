@@ -12,6 +12,8 @@ series. The names are fixed (dashboards are written against them):
 ``connbridge_pool_calls_total``                counter    backend
 ``connbridge_pool_errors_total``               counter    backend, kind
 ``connbridge_websocket_connections``           gauge      endpoint
+``connbridge_streams``                         gauge      backend (open ``/stream`` responses)
+``connbridge_stream_ends_total``               counter    backend, reason
 =============================================  =========  ===============================
 
 ``route`` is the route template (``/compute``, ``/backends/{name}/compute``),
@@ -141,6 +143,20 @@ class GatewayMetrics:
             "connbridge_websocket_connections",
             "Open WebSocket connections, by endpoint.",
             ["endpoint"],
+            registry=self.registry,
+        )
+        #: For ``/stream``: streams open, and streams ended by reason (``sentinel``,
+        #: ``count``, ``closed``, ``idle``, ``error``, ``gone``: the client left).
+        self.streams = Gauge(
+            "connbridge_streams",
+            "Open /stream responses, by backend.",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.stream_ends = Counter(
+            "connbridge_stream_ends",
+            "Streams ended, by backend and reason (sentinel, count, closed, idle, error, gone).",
+            ["backend", "reason"],
             registry=self.registry,
         )
         self.registry.register(_PoolCollector(pools))

@@ -20,7 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from .problems import MEDIA_TYPE, PROBLEM_TYPES
-from .schemas import BatchRequest, ComputeRequest, Problem
+from .schemas import STREAM_ITEMS, BatchRequest, ComputeRequest, Problem, StreamRequest
 from .state import GatewayState
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "compute_request_ref",
     "problem_responses",
     "request_body",
+    "stream_responses",
 ]
 
 _REF: Final = "#/components/schemas/"
@@ -71,12 +72,58 @@ def problem_responses(
     return out
 
 
+_SSE_EXAMPLE: Final = (
+    'id: 0\ndata: {"result": {"seq": 0, "value": "hi"}}\n\n'
+    ": heartbeat\n\n"
+    'id: 1\ndata: {"result": {"seq": 1, "value": "hi"}}\n\n'
+    'event: end\ndata: {"end": {"reason": "count"}}\n\n'
+)
+
+
+def stream_responses() -> dict[int | str, dict[str, Any]]:
+    """The 200 response of a stream operation: NDJSON lines or SSE events of ``StreamItem``."""
+    item = {"$ref": _REF + "StreamItem"}
+    return {
+        200: {
+            "description": (
+                "The replies as they come, then one last item: "
+                '`{"end": {"reason"}}` (complete) or `{"error": <problem>}` (broken). '
+                "NDJSON: one `StreamItem` per line. SSE: one event per reply, `data` a "
+                "`StreamItem`, `id` counting from 0; the last item is `event: end` or "
+                "`event: error`; comment lines are heartbeats."
+            ),
+            "content": {
+                "application/x-ndjson": {
+                    "schema": item,
+                    "example": {"result": {"seq": 0, "value": "hi"}},
+                },
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": "SSE events; data: StreamItem"},
+                    "example": _SSE_EXAMPLE,
+                },
+            },
+        }
+    }
+
+
 def _problem_components() -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(ComputeRequest, "validation"), (BatchRequest, "validation"), (Problem, "serialization")],
+        [
+            (ComputeRequest, "validation"),
+            (BatchRequest, "validation"),
+            (StreamRequest, "validation"),
+            (Problem, "serialization"),
+            *((item, "serialization") for item in STREAM_ITEMS),
+        ],
         ref_template=_REF + "{model}",
     )
     schemas: dict[str, Any] = defs.get("$defs", {})
+    schemas["StreamItem"] = {
+        "title": "StreamItem",
+        "description": "One line of NDJSON, or the `data` of one SSE event: "
+        "a result per reply, then one end or error.",
+        "anyOf": [{"$ref": _REF + item.__name__} for item in STREAM_ITEMS],
+    }
     return schemas
 
 

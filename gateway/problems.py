@@ -22,6 +22,7 @@ method-not-allowed             405     the route exists with another method
 malformed-http                 400     a request that is not valid HTTP/1.1 (by the
                                        server's protocol, :mod:`gateway.server.malformed`)
 request-timeout                408     headers or body stalled (``header_timeout``/``body_timeout``)
+not-acceptable                 406     ``/stream``: an ``Accept`` with neither stream type
 body-too-large                 413     a body over ``max_body_bytes``
 unsupported-media-type         415     a body that is not ``application/json``
 invalid-request                422     a request body of the wrong shape
@@ -32,9 +33,11 @@ backend-connection-lost        502     the backend closed the connection mid-cal
 backend-protocol-error         502     the backend broke the framing rules
 refused-pickle                 502     a reply the allowlist unpickler refused
 unconvertible-result           502     a reply with no JSON form
+too-many-replies               502     a stream reached ``max_replies`` with no end in sight
 overloaded                     503     too many callers wait for a connection
 pool-exhausted                 503     no connection became free in time (never sent)
 backend-busy                   503     the server takes no more connections now
+too-many-streams               503     the backend has ``max_streams`` streams open
 shutting-down                  503     the gateway is closing its pools
 backend-unreachable            503     no address of the backend can be reached
 backend-authentication-failed  503     the handshake with the backend failed
@@ -71,7 +74,10 @@ The gateway's own request errors are the :class:`GatewayError` subtree
     ├── NotReady
     ├── RequestTimeout
     ├── HeadersTooLarge
-    └── TooManyConnections
+    ├── TooManyConnections
+    ├── NotAcceptable
+    ├── TooManyReplies
+    └── TooManyStreams
 """
 
 from __future__ import annotations
@@ -124,10 +130,13 @@ __all__ = [
     "InvalidPayload",
     "InvalidRequest",
     "MalformedJSON",
+    "NotAcceptable",
     "NotReady",
     "ProblemType",
     "RequestTimeout",
     "TooManyConnections",
+    "TooManyReplies",
+    "TooManyStreams",
     "Unauthorized",
     "UnknownBackend",
     "UnsupportedMediaType",
@@ -250,6 +259,18 @@ class BackendRaised(GatewayError):
         self.exception = exc
 
 
+class NotAcceptable(GatewayError):
+    """``/stream`` was asked for a media type it cannot write (``Accept``)."""
+
+
+class TooManyReplies(GatewayError):
+    """A stream reached the backend's ``max_replies`` before any end rule held."""
+
+
+class TooManyStreams(GatewayError):
+    """The backend already has ``max_streams`` streams open."""
+
+
 class NotReady(GatewayError):
     """``/readyz``: at least one backend cannot currently be reached."""
 
@@ -314,6 +335,9 @@ PROBLEM_TYPES: Final[Mapping[type[BaseException], ProblemType]] = {
     ProtocolError: _row("backend-protocol-error", 502, "Backend broke the protocol"),
     PickleError: _row("refused-pickle", 502, "Backend reply refused"),
     ResultError: _row("unconvertible-result", 502, "Backend reply has no JSON form"),
+    NotAcceptable: _row("not-acceptable", 406, "Not acceptable"),
+    TooManyReplies: _row("too-many-replies", 502, "Stream too long"),
+    TooManyStreams: _row("too-many-streams", 503, "Too many streams", retry_after=1),
     PoolOverloaded: _row("overloaded", 503, "Backend overloaded", retry_after=1),
     AcquireTimeout: _row("pool-exhausted", 503, "No backend connection free", retry_after=1),
     BackendBusy: _row("backend-busy", 503, "Backend busy", retry_after=1),

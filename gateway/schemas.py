@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "STREAM_ITEMS",
     "BackendInfo",
     "BackendList",
     "BatchError",
@@ -24,6 +25,11 @@ __all__ = [
     "Problem",
     "ProblemItem",
     "Readiness",
+    "StreamEnd",
+    "StreamEndReason",
+    "StreamError",
+    "StreamRequest",
+    "StreamResult",
 ]
 
 
@@ -54,6 +60,32 @@ class ComputeRequest(BaseModel):
             "`json`: natural JSON (tuples as arrays, dates as ISO strings). "
             "`tagged`: lossless, with `$` tags, the inverse of the payload encoding."
         ),
+    )
+
+
+class StreamRequest(ComputeRequest):
+    """A call whose every reply is streamed; ``replies`` and ``idle_timeout`` end it sooner."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"payload": {"op": "stream", "count": 3, "value": "hi"}, "replies": 3}]
+        },
+    )
+
+    replies: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "End the stream after this many replies (at most the backend's `max_replies`; "
+            "required when its `stream_end` is `count`). The connection is then reused."
+        ),
+    )
+    idle_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds of silence after a reply that end the stream (can only "
+        "shorten the backend's `stream_idle_timeout`).",
     )
 
 
@@ -118,6 +150,40 @@ class BatchResponse(BaseModel):
     """One entry per request, in request order: a result or an error."""
 
     results: list[ComputeResponse | BatchError]
+
+
+class StreamResult(BaseModel):
+    """One reply of a stream (SSE: an event with an `id` counting from 0)."""
+
+    result: Any = Field(description="The reply, converted to JSON as `result_format` asks.")
+
+
+class StreamEndReason(BaseModel):
+    """Why a complete stream ended."""
+
+    reason: Literal["sentinel", "count", "closed", "idle"] = Field(
+        description=(
+            "`sentinel`: the backend sent its end value (not written); `count`: the "
+            "`replies` asked for came; `closed`: the backend closed its connection; "
+            "`idle`: no reply for the idle timeout."
+        )
+    )
+
+
+class StreamEnd(BaseModel):
+    """The last item of a complete stream (SSE: `event: end`)."""
+
+    end: StreamEndReason
+
+
+class StreamError(BaseModel):
+    """The last item of a stream that broke after its first reply (SSE: `event: error`)."""
+
+    error: Problem
+
+
+#: One line of NDJSON, or the ``data`` of one SSE event: results, then an end or an error.
+STREAM_ITEMS = (StreamResult, StreamEnd, StreamError)
 
 
 class BackendInfo(BaseModel):

@@ -89,8 +89,8 @@ from pydantic_settings import (
 )
 
 from connbridge.addresses import Address, parse_address
-from connbridge.codec import DEFAULT_MAX_RESULT_BYTES
-from connbridge.errors import AddressError, ConnbridgeError
+from connbridge.codec import DEFAULT_MAX_RESULT_BYTES, from_json
+from connbridge.errors import AddressError, ConnbridgeError, PayloadError
 from connbridge.pool_settings import PoolSettings, field_problem
 
 __all__ = [
@@ -340,6 +340,25 @@ class _BackendTable(_Section):
     authkey: SecretStr | None = None
     payload_schema: dict[str, Any] | None = None
 
+    # -- streaming (``/stream``): the gateway's keys, not the pool's ------------------
+    #: The backend's own end of a stream (see :mod:`gateway.routes.stream`):
+    #: ``"idle"`` (a silent gap of ``stream_idle_timeout``), ``"closed"`` (the
+    #: backend closes its connection), ``"count"`` (every request must say
+    #: ``replies``) or ``"sentinel"`` (a reply equal to ``stream_sentinel``).
+    stream_end: Literal["idle", "closed", "count", "sentinel"] = "idle"
+    #: The sentinel reply as JSON text (TOML has no null): ``"null"``, ``'"done"'``.
+    stream_sentinel: str = "null"
+    #: Seconds of silence after a reply that end a stream (reason ``idle``).
+    stream_idle_timeout: PositiveFloat = 5.0
+    #: Seconds of silence between two SSE heartbeat comments.
+    stream_heartbeat_interval: PositiveFloat = 15.0
+    #: Most replies in one stream (and the largest ``replies`` a request may ask).
+    max_replies: PositiveInt = 10_000
+    #: Largest reply of a stream, in bytes of pickle (and at most ``max_frame``).
+    max_reply_bytes: PositiveInt = 1024 * 1024
+    #: Streams open at once on this backend; past it, 503 ``too-many-streams``.
+    max_streams: PositiveInt = 100
+
     @model_validator(mode="before")
     @classmethod
     def _old_spellings(cls, data: Any) -> Any:
@@ -384,6 +403,20 @@ class _BackendTable(_Section):
             except RecursionError:  # within MAX_SCHEMA_DEPTH only on a very small stack
                 raise ValueError("the schema nests too deeply to be checked") from None
         return value
+
+    @field_validator("stream_sentinel")
+    @classmethod
+    def _sentinel_is_json(cls, value: str) -> str:
+        try:
+            from_json(json.loads(value))
+        except (ValueError, PayloadError) as exc:
+            raise ValueError(f"must be a JSON value written as text ('null'): {exc}") from None
+        return value
+
+    @cached_property
+    def sentinel(self) -> object:
+        """``stream_sentinel`` as the Python value a reply is compared with."""
+        return from_json(json.loads(self.stream_sentinel))
 
     @model_validator(mode="after")
     def _pool_as_a_whole(self) -> _BackendTable:

@@ -81,3 +81,16 @@ def test_harness_end_to_end(wrk: str, tmp_path: Path, capsys: pytest.CaptureFixt
     assert "info  [1]" in out and "[1] hi" in out and "<= 1x ok" in out
     chart = write_chart(rows, "smoke", tmp_path / "chart.png")
     assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_stream_row_reads_whole_streams(tmp_path: Path) -> None:
+    from bench.stream import direct_replies_per_second, gateway_replies_per_second, stream_rows
+
+    with servers.demo_backend() as backend:
+        config = servers.write_config(tmp_path, backend, log_level="warning")
+        with servers.gateway(config, backend, tmp_path) as gateway:
+            # More than one stream's worth (10,000 per request), and a partial last one.
+            assert gateway_replies_per_second(gateway.url, 10_500) > 0
+            assert direct_replies_per_second(backend, 10_500) > 0
+            rows = stream_rows(gateway, backend, 2_000)
+    assert rows[0]["unit"] == "replies/s" and rows[0]["target"] == 0.3

@@ -13,6 +13,9 @@ A pair ``(x, y)`` is answered with ``x + y``; a dict ``{"op": ...}`` with:
 ``shared``      one 512 KiB string referenced 2,000 times (512 KiB pickled, 1 GB as JSON)
 ``shared-exception``  a ValueError whose 200 arguments are one 512 KiB string (100 MiB as JSON)
 ``close``       no reply: the connection is closed mid-call
+``series``      ``{"op": "series", "steps": [...]}``: one reply per step, in order, where
+                a step is ``"ok"`` (the string ``"ok"``), ``"raise"`` (a ValueError) or
+                one of the ops above; ``"close"`` closes the connection (a stream's end)
 """
 
 import argparse
@@ -47,24 +50,39 @@ def _serve(conn):
             except (EOFError, OSError):
                 return
             op = request.get("op") if isinstance(request, dict) else None
-            if op == "global":
-                conn.send_bytes(pickle.dumps(os.path.join))
-            elif op == "not-pickle":
-                conn.send_bytes(b"this is not a pickle")
-            elif op == "huge-frame":
-                os.write(conn.fileno(), struct.pack("!i", 1 << 30) + b"x" * 16)
+            if op == "series":
+                for step in request["steps"]:
+                    if not _answer(conn, {"op": step}, step):
+                        return
+            elif not _answer(conn, request, op):
                 return
-            elif op == "surrogate":
-                conn.send("lone \ud800 surrogate")
-            elif op == "shared":
-                conn.send(["x" * (1 << 19)] * 2000)
-            elif op == "shared-exception":
-                conn.send(ValueError(*["x" * (1 << 19)] * 200))
-            elif op == "close":
-                return
-            else:
-                x, y = request
-                conn.send(x + y)
+
+
+def _answer(conn, request, op):
+    """Send the answer to one request; False when the connection must close."""
+    if op == "ok":
+        conn.send("ok")
+    elif op == "raise":
+        conn.send(ValueError("boom"))
+    elif op == "global":
+        conn.send_bytes(pickle.dumps(os.path.join))
+    elif op == "not-pickle":
+        conn.send_bytes(b"this is not a pickle")
+    elif op == "huge-frame":
+        os.write(conn.fileno(), struct.pack("!i", 1 << 30) + b"x" * 16)
+        return False
+    elif op == "surrogate":
+        conn.send("lone \ud800 surrogate")
+    elif op == "shared":
+        conn.send(["x" * (1 << 19)] * 2000)
+    elif op == "shared-exception":
+        conn.send(ValueError(*["x" * (1 << 19)] * 200))
+    elif op == "close":
+        return False
+    else:
+        x, y = request
+        conn.send(x + y)
+    return True
 
 
 def _watch_stdin():
