@@ -27,7 +27,7 @@ from . import problems
 from .docs import install_docs
 from .log import AccessLogMiddleware
 from .openapi import build_openapi
-from .routes import backends, compute, health, metrics, ws
+from .routes import backends, compute, health, metrics, objects, ws
 from .settings import Settings, load_settings
 from .state import GatewayState
 
@@ -81,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     problems.install(app)
     app.include_router(compute.router(state))
+    app.include_router(objects.router(state))
     app.include_router(backends.router())
     app.include_router(health.router())
     app.include_router(metrics.router())

@@ -2,7 +2,11 @@
 
 Each call request is a text message ``{"id": <any JSON>, "backend"?,
 "payload", "timeout"?, "result_format"?}``; it is run by
-:func:`gateway.calls.run_call`, exactly as ``POST /compute`` runs it, and
+:func:`gateway.calls.run_call`, exactly as ``POST /compute`` runs it. A
+message naming ``"object"`` and ``"method"`` instead of a payload (with
+``"args"?``, ``"kwargs"?``) calls a method of a manager backend's object, as
+``POST /backends/{name}/objects/{id}/{method}`` does
+(:func:`gateway.object_calls.run_method_call`). Either is
 answered with ``{"id", "result"}`` or ``{"id", "error": <problem>}`` (the
 problem object of the REST API, :func:`gateway.problems.problem_object`) as
 soon as it is done, in any order. A message that cannot be read gets an
@@ -28,6 +32,7 @@ import orjson
 from ..auth import Principal
 from ..body import parse_json
 from ..calls import parse_call, run_call
+from ..object_calls import parse_method_call, run_method_call
 from ..problems import INTERNAL_ERROR, InvalidRequest, problem_object
 from ..state import Backend, GatewayState
 from .link import Link, too_big
@@ -120,9 +125,16 @@ class Calls:
                             "a call needs an 'id', echoed in its reply",
                             [{"detail": "'id' is required", "pointer": "#/id"}],
                         )
-                call = parse_call(body)
-                backend = self.state.backend_for(self.principal, call.backend)
-                answer = await run_call(self.state, backend, call)
+                if type(body) is dict and "object" in body:
+                    method_call = parse_method_call(body, message=True)
+                    backend = self.state.backend_for(self.principal, method_call.backend)
+                    answer = await run_method_call(
+                        self.state, backend, method_call.object, method_call.method, method_call
+                    )
+                else:
+                    call = parse_call(body)
+                    backend = self.state.backend_for(self.principal, call.backend)
+                    answer = await run_call(self.state, backend, call)
                 reply = _dumps({"id": ident, "result": answer["result"]})
                 status = 200
             except Exception as exc:

@@ -16,6 +16,7 @@ MODULES = [
     "errors",
     "frames",
     "handshake",
+    "manager",
     "pool",
     "pool_settings",
     "server",
