@@ -160,6 +160,10 @@ class BackendInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
+    kind: Literal["listener", "manager"] = Field(
+        description="`manager`: a `multiprocessing.managers` server; it also lists `typeids`, "
+        "`methods`, `object_ttl` and the number of `objects` the gateway holds on it."
+    )
     default: bool
     addresses: list[str]
     timeout: float

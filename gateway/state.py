@@ -217,9 +217,18 @@ class GatewayState:
             if not principal.may_use(name):
                 continue
             pool = backend.pool
+            info: dict[str, Any] = {}
+            if backend.is_manager:
+                info = {
+                    "typeids": list(backend.settings.typeids or ()),
+                    "methods": {k: list(v) for k, v in backend.settings.methods.items()},
+                    "object_ttl": backend.settings.object_ttl,
+                    "objects": len(backend.objects) if backend.objects is not None else 0,
+                }
             out.append(
                 {
                     "name": name,
+                    "kind": backend.settings.kind,
                     "default": name == self.default_backend,
                     "addresses": [str(a) for a in backend.settings.address],
                     "timeout": backend.settings.pool.call_timeout,
@@ -228,6 +237,7 @@ class GatewayState:
                     "payload_schema": backend.settings.payload_schema,
                     "health": pool.health() if pool is not None else {"status": "unknown"},
                     "stats": dict(pool.stats()) if pool is not None else {},
+                    **info,
                 }
             )
         return out

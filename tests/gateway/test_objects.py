@@ -19,6 +19,7 @@ from multiprocessing.managers import BaseManager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import INTERPRETER_PARAMS, SERVERS, stdlib_connect
 from gateway_support import backend_config, problem_type, serve_gateway
@@ -225,6 +226,9 @@ async def test_methods_are_narrowed(manager, tmp_path):
         c = gw.client
         queue = (await c.post("/backends/m/objects", json={"typeid": "get_queue"})).json()
         assert queue["methods"] == ["put", "qsize"]
+        (listed,) = (await c.get("/backends")).json()["backends"]
+        assert listed["kind"] == "manager" and listed["typeids"] == ["get_queue"]
+        assert listed["methods"] == {"get_queue": ["put", "qsize"]} and listed["objects"] == 1
         base = f"/backends/m/objects/{queue['id']}"
         assert (await c.post(f"{base}/put", json={"args": [1]})).status_code == 200
         assert_problem(await c.post(f"{base}/get"), 404, "unknown-method")
@@ -260,8 +264,13 @@ async def test_queue_both_ways_across_languages(manager, tmp_path):
 async def test_many_concurrent_calls_and_creates(manager, tmp_path):
     before = objects_on(manager)
     settings = manager_config(manager, tmp_path, typeids=["Counter"], max_waiters=2000)
-    async with serve_gateway(settings) as gw:
-        c = gw.client
+    async with (
+        serve_gateway(settings) as gw,
+        # As many HTTP connections as calls, so all of them reach the gateway at once.
+        httpx.AsyncClient(
+            base_url=gw.url, timeout=60, limits=httpx.Limits(max_connections=None)
+        ) as c,
+    ):
         ident = (await c.post("/backends/m/objects", json={"typeid": "Counter"})).json()["id"]
 
         async def echo(i: int) -> Any:
@@ -286,8 +295,15 @@ async def test_many_concurrent_calls_and_creates(manager, tmp_path):
         deleted = await asyncio.gather(*(c.delete(f"/backends/m/objects/{m}") for m in made))
         assert {d.status_code for d in deleted} == {204}
         assert objects_on(manager) == before + 1
-        stats = gw.state.backends["m"].running_pool().stats()
-        assert stats["errors"] == {}, stats
+        client = gw.state.backends["m"].manager
+        assert client is not None
+        calls, requests = client.methods.stats(), client.requests.stats()
+        assert calls["errors"] == {} and requests["errors"] == {}, (calls, requests)
+        # Method calls share a few switched connections; server-level requests
+        # (1 + 200 creates, 200 decrefs) each had one of their own.
+        assert calls["opened"] <= calls["max_connections_per_address"] + 1
+        assert calls["calls"] >= 1200
+        assert requests["opened"] >= 401
     assert objects_on(manager) == before
 
 
