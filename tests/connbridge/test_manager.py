@@ -3,7 +3,8 @@
 Pickles of the stand-ins are made by the stdlib itself (a real ``Token``, a
 real proxy's reduction), each protocol 0-5, so the unpickler reads what
 managers really send. The client runs against a real manager in a
-subprocess (``tests/servers/manager.py``).
+subprocess (``tests/servers/manager.py``). The pool's ``prepare`` hook (how
+the client switches its method-call connections) is shown on a plain Listener.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import pytest
 from conftest import SERVERS
 
 from connbridge.errors import (
+    BackendUnavailable,
     ManagerFailure,
     ManagerProtocolError,
     ManagerRaised,
     PickleError,
+    ProtocolError,
     RefusedGlobal,
 )
 from connbridge.manager import (
@@ -34,6 +37,7 @@ from connbridge.manager import (
     find_nested,
     read_reply,
 )
+from connbridge.pool import Pool
 from connbridge.unpickler import loads as default_loads
 from connbridge.unpickler import make_loads
 
@@ -176,3 +180,43 @@ async def test_client_against_a_real_manager(manager):
         assert methods["opened"] <= methods["max_connections_per_address"] + 1
     finally:
         await client.close()
+
+
+async def test_pool_prepares_each_pooled_connection_once(start_backend):
+    listener = start_backend("listener", mode="threaded")
+    prepared: list[object] = []
+
+    async def prepare(conn: Any) -> None:
+        # A real exchange, before the pool hands the connection to anyone.
+        await conn.send((1, 2))
+        assert await conn.recv() == 3
+        prepared.append(conn)
+
+    pool = Pool(listener.address, authkey=listener.authkey, prepare=prepare, name="p")
+    await pool.start()
+    try:
+        assert await asyncio.gather(*(pool.call((i, 1)) for i in range(200))) == [
+            i + 1 for i in range(200)
+        ]
+        stats = pool.stats()
+        assert len(prepared) == stats["opened"] == len(set(map(id, prepared)))
+        assert stats["errors"] == {}
+    finally:
+        await pool.close()
+
+
+async def test_a_failed_prepare_marks_the_address_down(start_backend):
+    listener = start_backend("listener", mode="threaded")
+
+    async def prepare(conn: Any) -> None:
+        raise ProtocolError("this server cannot be switched")
+
+    pool = Pool(listener.address, authkey=listener.authkey, prepare=prepare, name="p")
+    await pool.start()
+    try:
+        with pytest.raises(BackendUnavailable, match="cannot be switched"):
+            await pool.call((1, 2), timeout=5)
+        assert pool.stats()["errors"].get("prepare", 0) >= 1
+        assert not pool.ready
+    finally:
+        await pool.close()
