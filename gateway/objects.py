@@ -242,9 +242,9 @@ class ObjectTable:
         except ManagerFailure:
             pass  # the server does not know it (restarted?): nothing is left to give back
         except BaseException:
-            # Not given back: still ours, for a retry, the expiry or the shutdown.
-            held.refs += 1
-            self._objects.setdefault(ident, held)
+            # Not given back: still ours, for a retry, the expiry or the shutdown
+            # (counted on the entry a concurrent create may have made meanwhile).
+            self._objects.setdefault(ident, held).refs += 1
             raise
 
     # expiry and shutdown

@@ -17,7 +17,6 @@ from multiprocessing import managers
 from typing import Any
 
 import pytest
-from conftest import SERVERS
 
 from connbridge.errors import (
     BackendUnavailable,
@@ -40,6 +39,7 @@ from connbridge.manager import (
 from connbridge.pool import Pool
 from connbridge.unpickler import loads as default_loads
 from connbridge.unpickler import make_loads
+from tests.conftest import SERVERS
 
 pytestmark = pytest.mark.timeout(60)
 
