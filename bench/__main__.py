@@ -3,7 +3,8 @@
 Environment (see bench/README.md for every size knob):
 
 ``BENCH_ROWS``
-    Comma-separated groups to run, default all: ``core,http,latency,ws,stream,large,memory``.
+    Comma-separated groups to run, default all:
+    ``core,http,latency,ws,stream,large,memory,manager``.
 ``BENCH_QUICK=1``
     Small sizes everywhere, for a smoke run of a minute or so; any
     ``BENCH_<KNOB>`` still wins. The results are not worth committing.
@@ -20,7 +21,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-GROUPS = ("core", "http", "latency", "ws", "stream", "large", "memory")
+GROUPS = ("core", "http", "latency", "ws", "stream", "large", "memory", "manager")
 #: Sizes of the lead's core rows under BENCH_QUICK (they read their own variables).
 _QUICK_CORE = {"BENCH_ROUND_TRIPS": "1000", "BENCH_POOL_CALLS": "4000"}
 
@@ -84,7 +85,7 @@ def main() -> int:
     )
 
     log_level = os.environ.get("BENCH_LOG_LEVEL", "warning")
-    wrk = find_wrk() if set(groups) & {"http", "latency", "large", "memory"} else None
+    wrk = find_wrk() if set(groups) & {"http", "latency", "large", "memory", "manager"} else None
     rows: list[dict[str, Any]] = []
     if "core" in groups:
         print("core rows ...", file=sys.stderr, flush=True)
@@ -124,6 +125,12 @@ def main() -> int:
             print("memory rows ...", file=sys.stderr, flush=True)
             assert wrk is not None
             rows += memory_rows(wrk, config, backend, directory)
+        if "manager" in groups:
+            from .manager import manager_rows
+
+            print("manager rows ...", file=sys.stderr, flush=True)
+            assert wrk is not None
+            rows += manager_rows(wrk, directory, log_level=log_level)
     seconds = time.monotonic() - started
     print_table(rows)
     results = write_results(

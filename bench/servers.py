@@ -3,8 +3,9 @@
 Every server runs in a child process of its own: the threaded demo backend
 (:func:`connbridge.demo.spawn_demo_backend`), the gateway with its ceiling
 route (:mod:`bench.ceiling_app`), the gateway as its command line starts it
-(``python -m gateway``), the naive bridge (:mod:`bench.naive_app`) and the
-WebSocket echo server (:mod:`bench.echo_ws`). Each is a context manager that
+(``python -m gateway``), the naive bridge (:mod:`bench.naive_app`), the
+WebSocket echo server (:mod:`bench.echo_ws`) and a manager
+(:mod:`bench.manager_server`). Each is a context manager that
 waits for readiness with a bounded deadline (a ready file with the bound
 port, then ``GET /healthz`` or ``/readyz``) and ends the process it started,
 by its PID, on the way out; a server that fails to start raises
@@ -53,6 +54,7 @@ __all__ = [
     "gateway",
     "http_call",
     "knob",
+    "manager_backend",
     "naive_bridge",
     "raise_open_files",
     "read_ready_file",
@@ -293,6 +295,16 @@ def demo_backend() -> Iterator[Backend]:
     key = secrets.token_hex(16)
     with spawn_demo_backend(f"{HOST}:0", key.encode("ascii")) as backend:
         yield Backend(backend.address, key)
+
+
+@contextlib.contextmanager
+def manager_backend(directory: Path) -> Iterator[Backend]:
+    """The bench's manager (:mod:`bench.manager_server`) on a free loopback port, random key."""
+    key = secrets.token_hex(16)
+    ready = directory / "manager.ready"
+    argv = ["-m", "bench.manager_server", f"{HOST}:0", "--ready-file", str(ready)]
+    with _child("manager", argv, directory, _child_env(**{AUTHKEY_ENV: key})) as (proc, log):
+        yield Backend(read_ready_file(ready, proc, log), key)
 
 
 def write_config(directory: Path, backend: Backend, *, log_level: str) -> Path:

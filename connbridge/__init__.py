@@ -7,6 +7,8 @@ The layers, bottom up:
 * :mod:`connbridge.connection`: an asyncio connection on top (``connect``);
   :mod:`connbridge.server` is the server half;
 * :mod:`connbridge.pool`: a bounded, self-healing pool per backend;
+  :mod:`connbridge.manager` speaks the ``multiprocessing.managers`` protocol
+  over two of them;
 * :mod:`connbridge.codec` and :mod:`connbridge.unpickler`: JSON to Python and
   back, and the allowlist unpickler;
 * :mod:`connbridge.demo`: a demo backend.
@@ -40,6 +42,11 @@ __all__ = [
     "HandshakeTimeout",
     "Lease",
     "LeaseReleased",
+    "ManagerClient",
+    "ManagerError",
+    "ManagerFailure",
+    "ManagerProtocolError",
+    "ManagerRaised",
     "PayloadError",
     "PickleError",
     "PickleLimitExceeded",
@@ -63,6 +70,7 @@ _WHERE = {
     "Connection": "connection",
     "connect": "connection",
     "Lease": "pool",
+    "ManagerClient": "manager",
     "Pool": "pool",
     "PoolSettings": "pool",
     "start_server": "server",
@@ -88,6 +96,10 @@ if TYPE_CHECKING:
         HandshakeError,
         HandshakeTimeout,
         LeaseReleased,
+        ManagerError,
+        ManagerFailure,
+        ManagerProtocolError,
+        ManagerRaised,
         PayloadError,
         PickleError,
         PickleLimitExceeded,
@@ -99,6 +111,7 @@ if TYPE_CHECKING:
         ResultError,
         StreamIdle,
     )
+    from .manager import ManagerClient
     from .pool import Lease, Pool, PoolSettings
     from .server import start_server
 

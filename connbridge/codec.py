@@ -60,7 +60,7 @@ import fractions
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, NoReturn
 
 import pybase64
@@ -448,6 +448,7 @@ def to_json(
     max_depth: int = 250,
     max_nodes: int = 1_000_000,
     max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    rendered: Mapping[type, Callable[[Any], object]] | None = None,
 ) -> object:
     """Turn a Python value from a backend into a JSON-ready structure.
 
@@ -462,7 +463,10 @@ def to_json(
     Decimal...) shared many times cannot either. It counts characters before
     JSON escaping: of strings and dict keys, of base64 for bytes, of the
     digits of large integers, and of every value written as text (Decimal,
-    Fraction, dates, UUIDs).
+    Fraction, dates, UUIDs).  ``rendered`` maps types of the caller's own
+    (which no pickle can make, such as :class:`connbridge.manager.NestedProxy`)
+    to functions whose output stands for their values as it is: it must
+    already be JSON-ready.
 
     Raises:
         ResultError: a value of a type with no JSON form (named in the
@@ -492,6 +496,8 @@ def to_json(
         handlers = _NATURAL
     else:
         raise ValueError(f"format must be 'json' or 'tagged', not {format!r}")
+    if rendered:
+        handlers = {**handlers, **{kind: _as_is(render) for kind, render in rendered.items()}}
     encoder = _Encoder(handlers, max_depth, max_nodes, max_bytes)
     try:
         return encoder.encode(obj, 0)
@@ -730,6 +736,14 @@ def _exception(encoder: _Encoder, value: BaseException, depth: int) -> object:
             "args": encoder.array(value.args, depth, 3),
         }
     }
+
+
+def _as_is(render: Callable[[Any], object]) -> _Handler:
+    def handler(encoder: _Encoder, value: Any, depth: int) -> object:
+        encoder.enter(depth, 1, 1)
+        return render(value)
+
+    return handler
 
 
 def _natural(convert: Callable[[Any], object]) -> _Handler:

@@ -27,12 +27,17 @@ translated where they cross into the library and chained with ``from``.
     │   ├── BackendBusy               the server takes no more connections right now
     │   ├── LeaseReleased             a leased connection used after its block ended
     │   └── BackendUnavailable        every address of the backend is down
-    └── CodecError
-        ├── PayloadError              (also ValueError) JSON that cannot become Python
-        ├── ResultError               a Python value that cannot become JSON
-        └── PickleError               a pickle that cannot be loaded or made
-            ├── RefusedGlobal         the pickle names a global outside the allowlist
-            └── PickleLimitExceeded   loading it would cost more than the limits allow
+    ├── CodecError
+    │   ├── PayloadError              (also ValueError) JSON that cannot become Python
+    │   ├── ResultError               a Python value that cannot become JSON
+    │   └── PickleError               a pickle that cannot be loaded or made
+    │       ├── RefusedGlobal         the pickle names a global outside the allowlist
+    │       └── PickleLimitExceeded   loading it would cost more than the limits allow
+    └── ManagerError                  a multiprocessing.managers server answered with a failure
+        ├── ManagerRaised             the shared object's method raised (``#ERROR``)
+        ├── ManagerFailure            the server itself failed (``#TRACEBACK``,
+        │                                 ``#UNSERIALIZABLE``); its traceback is kept apart
+        └── ManagerProtocolError      a reply that is not one the manager protocol has
 
 No exception message ever contains an authkey.
 """
@@ -56,6 +61,10 @@ __all__ = [
     "HandshakeError",
     "HandshakeTimeout",
     "LeaseReleased",
+    "ManagerError",
+    "ManagerFailure",
+    "ManagerProtocolError",
+    "ManagerRaised",
     "PayloadError",
     "PickleError",
     "PickleLimitExceeded",
@@ -237,3 +246,32 @@ class PickleLimitExceeded(PickleError):
     def __init__(self, limit: str, message: str) -> None:
         super().__init__(f"refused the pickle: {message}")
         self.limit = limit
+
+
+class ManagerError(ConnbridgeError):
+    """Base class of the failures a ``multiprocessing.managers`` server reports."""
+
+
+class ManagerRaised(ManagerError):
+    """The method of a shared object raised; ``exception`` is what it raised (``#ERROR``)."""
+
+    def __init__(self, exception: BaseException) -> None:
+        super().__init__(f"the shared object raised {type(exception).__name__}")
+        self.exception = exception
+
+
+class ManagerFailure(ManagerError):
+    """The manager failed to serve the request (``#TRACEBACK`` or ``#UNSERIALIZABLE``).
+
+    ``kind`` is the reply's tag; ``traceback`` the server's text, for logs
+    only: the message never includes it (it shows the server's internals).
+    """
+
+    def __init__(self, kind: str, traceback: str) -> None:
+        super().__init__(f"the manager failed to serve the request ({kind})")
+        self.kind = kind
+        self.traceback = traceback
+
+
+class ManagerProtocolError(ManagerError):
+    """A reply that is not a ``(kind, value)`` pair of the manager protocol."""

@@ -90,7 +90,7 @@ import logging
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, TypedDict
 
 from .addresses import Address, AddressLike, parse_address
@@ -172,6 +172,13 @@ class Pool:
 
     ``await pool.start()`` first; then ``await pool.call(obj)`` or
     ``async with pool.connection() as lease``; finally ``await pool.close()``.
+
+    ``substitutes`` adds stand-ins to the unpickler's table (see
+    :func:`~connbridge.unpickler.make_loads`). ``prepare`` is awaited once
+    on every pooled connection right after its handshake, before any call
+    (a manager's connections are switched to serving objects this way); it
+    is bounded by ``handshake_timeout``, and a connection it fails on is
+    closed and its address marked down.
     """
 
     def __init__(
@@ -181,6 +188,8 @@ class Pool:
         authkey: bytes | None,
         settings: PoolSettings | None = None,
         name: str = "default",
+        substitutes: Mapping[str, object] | None = None,
+        prepare: Callable[[Connection], Awaitable[None]] | None = None,
     ) -> None:
         items: Sequence[AddressLike] = (
             [addresses] if isinstance(addresses, str | tuple | Address) else addresses
@@ -202,7 +211,9 @@ class Pool:
             max_nodes=s.pickle_max_nodes,
             max_hashed_nodes=s.pickle_max_hashed_nodes,
             work_per_byte=s.pickle_work_per_byte,
+            substitutes=substitutes,
         )
+        self._prepare = prepare
         self._dumps = make_dumps(self.settings.pickle_protocol)
         self._replicas: dict[str, Replica[Holder]] = {}
         self._waiters: deque[asyncio.Future[Holder | None]] = deque()
@@ -1040,21 +1051,36 @@ class Pool:
                 raise
             if self._authkey is None:
                 await self._expect_silence(replica, conn)
-                established = pooled
                 self._mark_up(replica)
-                return conn
-            handshake = asyncio.ensure_future(
-                conn.authenticate(
-                    self._authkey, allow_md5=s.allow_md5, legacy_digest=s.legacy_digest
+            else:
+                handshake = asyncio.ensure_future(
+                    conn.authenticate(
+                        self._authkey, allow_md5=s.allow_md5, legacy_digest=s.legacy_digest
+                    )
                 )
-            )
-            done, _ = await asyncio.wait({handshake}, timeout=s.handshake_timeout)
-            if not done:
-                raise self._handshake_stalled(replica, conn, handshake)
-            established = self._handshake_result(replica, conn, handshake) and pooled
+                done, _ = await asyncio.wait({handshake}, timeout=s.handshake_timeout)
+                if not done:
+                    raise self._handshake_stalled(replica, conn, handshake)
+                self._handshake_result(replica, conn, handshake)
+            if pooled:
+                await self._run_prepare(replica, conn)
+            established = pooled
             return conn
         finally:
             replica.open_ended(established=established)
+
+    async def _run_prepare(self, replica: Replica[Holder], conn: Connection) -> None:
+        """Await ``prepare`` on a new pooled connection; on failure close it and raise."""
+        if self._prepare is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.handshake_timeout):
+                await self._prepare(conn)
+        except BaseException as exc:
+            conn.abort()
+            if isinstance(exc, ConnbridgeError | TimeoutError | OSError):
+                self._mark_down(replica, exc, "prepare")
+            raise
 
     async def _expect_silence(self, replica: Replica[Holder], conn: Connection) -> None:
         """With no authkey, make sure the server does not speak first.
@@ -1160,6 +1186,7 @@ class Pool:
             raise
         try:
             established = self._handshake_result(replica, conn, handshake)
+            await self._run_prepare(replica, conn)
         except (ConnbridgeError, OSError):
             established = False
         replica.stall_ended(established=established)

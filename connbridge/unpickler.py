@@ -67,7 +67,7 @@ import pickle
 import pickletools
 import re
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from .errors import PickleError, RefusedGlobal
@@ -321,7 +321,7 @@ def resolve_entry(entry: str) -> object:
     return obj
 
 
-def _build_table(extra: Iterable[str]) -> _Table:
+def _build_table(extra: Iterable[str], substitutes: Mapping[str, object]) -> _Table:
     table: _Table = {}
     for entry in DEFAULT_ALLOWLIST:
         if entry == "copyreg:_reconstructor":
@@ -333,6 +333,12 @@ def _build_table(extra: Iterable[str]) -> _Table:
         obj = resolve_entry(entry)
         module_name, _, qualname = entry.partition(":")
         # An extra entry never replaces a default one: that would drop a guard.
+        table.setdefault((module_name, qualname), obj)
+    for entry, obj in substitutes.items():
+        module_name, sep, qualname = entry.partition(":")
+        if not sep:
+            raise ValueError(f"substitute {entry!r} is not of the form 'module:qualname'")
+        # Like an extra entry, a substitute never replaces a default one.
         table.setdefault((module_name, qualname), obj)
     classes = frozenset(obj for obj in table.values() if isinstance(obj, type))
     table["copyreg", "_reconstructor"] = _make_reconstructor(classes)
@@ -424,11 +430,16 @@ def make_loads(
     max_hashed_nodes: int = DEFAULT_MAX_HASHED_NODES,
     max_nodes: int = DEFAULT_MAX_NODES,
     work_per_byte: int = DEFAULT_WORK_PER_BYTE,
+    substitutes: Mapping[str, object] | None = None,
 ) -> Callable[[bytes], object]:
     """Build a ``loads(data)`` that unpickles only allowlisted globals, within limits.
 
     ``extra`` adds ``"module:qualname"`` entries to :data:`DEFAULT_ALLOWLIST`;
-    they are imported now, never while loading.  ``encoding`` decodes the
+    they are imported now, never while loading.  ``substitutes`` maps more
+    ``"module:qualname"`` names to objects that stand in for them, imported
+    from nowhere: a pickle naming ``multiprocessing.managers:Token`` then
+    gets an inert class of the caller's (see :mod:`connbridge.manager`).
+    Neither replaces a default entry.  ``encoding`` decodes the
     byte strings of Python 2 pickles: a codec name, or ``"bytes"`` to keep
     them as ``bytes``.  The other arguments bound what a pickle may cost
     (see :mod:`connbridge.pickle_limits`): ``max_depth`` levels of nesting,
@@ -445,8 +456,9 @@ def make_loads(
     load (truncated, malformed, refused arguments, persistent IDs).
 
     Raises:
-        ValueError: an entry of ``extra`` cannot be resolved, ``encoding``
-            is not a known codec, or a limit is not a positive integer.
+        ValueError: an entry of ``extra`` cannot be resolved, a name of
+            ``substitutes`` is malformed, ``encoding`` is not a known codec,
+            or a limit is not a positive integer.
     """
     if encoding != "bytes":
         try:
@@ -459,7 +471,7 @@ def make_loads(
         max_nodes=max_nodes,
         work_per_byte=work_per_byte,
     )
-    table = _build_table(extra)
+    table = _build_table(extra, substitutes or {})
     # The C unpickler consults copyreg's extension cache, then its registry.
     extension_cache: dict[int, object] = vars(copyreg)["_extension_cache"]
     inverted_registry: dict[int, object] = vars(copyreg)["_inverted_registry"]

@@ -27,7 +27,7 @@ from . import problems
 from .docs import install_docs
 from .log import AccessLogMiddleware
 from .openapi import build_openapi
-from .routes import backends, compute, health, metrics, stream, ws
+from .routes import backends, compute, health, metrics, objects, stream, ws
 from .settings import Settings, load_settings
 from .state import GatewayState
 
@@ -82,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     problems.install(app)
     app.include_router(compute.router(state))
     stream.install(app, state)
+    app.include_router(objects.router(state))
     app.include_router(backends.router())
     app.include_router(health.router())
     app.include_router(metrics.router())

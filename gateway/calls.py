@@ -168,6 +168,7 @@ async def run_call(
     """Make the call and return the success body ``{"result", "backend", "elapsed_ms"}``.
 
     Raises:
+        WrongBackendKind: the backend is a manager (it takes no payloads).
         InvalidPayload: the payload breaks the backend's schema, or the
             codec cannot turn it into Python (unknown tag, too deep...).
         BackendRaised: the backend answered with an exception object.
@@ -176,6 +177,7 @@ async def run_call(
         ConnbridgeError: the pool's errors (timeout, unavailable, overloaded,
             closed, connection lost, refused pickle, ...) and ResultError.
     """
+    backend.refuse_payloads()
     obj = decode_payload(state, backend, call.payload, at=(*at, "payload"))
     pool = backend.running_pool()
     timeout = call.timeout

@@ -5,8 +5,10 @@ so FastAPI does not know their request bodies. They declare them through
 ``openapi_extra`` as references to components that :func:`build_openapi`
 adds from :mod:`gateway.schemas`; each backend's ``payload_schema`` becomes
 a component ``Payload.<name>`` used by its own operation
-``POST /backends/<name>/compute``. When API keys are configured, a bearer
-security scheme is declared and required on every operation that needs one.
+``POST /backends/<name>/compute``. A manager backend's create body is a
+component ``ObjectCreate.<name>`` whose ``typeid`` lists its ``typeids``.
+When API keys are configured, a bearer security scheme is declared and
+required on every operation that needs one.
 """
 
 from __future__ import annotations
@@ -20,8 +22,16 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from .problems import MEDIA_TYPE, PROBLEM_TYPES
-from .schemas import STREAM_ITEMS, BatchRequest, ComputeRequest, Problem, StreamRequest
-from .state import GatewayState
+from .schemas import (
+    STREAM_ITEMS,
+    BatchRequest,
+    ComputeRequest,
+    MethodCall,
+    ObjectCreate,
+    Problem,
+    StreamRequest,
+)
+from .state import Backend, GatewayState
 
 __all__ = [
     "PUBLIC_PATHS",
@@ -112,6 +122,8 @@ def _problem_components() -> dict[str, Any]:
             (ComputeRequest, "validation"),
             (BatchRequest, "validation"),
             (StreamRequest, "validation"),
+            (ObjectCreate, "validation"),
+            (MethodCall, "validation"),
             (Problem, "serialization"),
             *((item, "serialization") for item in STREAM_ITEMS),
         ],
@@ -137,6 +149,16 @@ def _backend_request(base: dict[str, Any], name: str) -> dict[str, Any]:
     return body
 
 
+def _create_request(base: dict[str, Any], backend: Backend) -> dict[str, Any]:
+    """A manager backend's create body: ``typeid`` limited to its ``typeids``."""
+    body = copy.deepcopy(base)
+    body["title"] = f"ObjectCreate for {backend.name}"
+    typeids = backend.settings.typeids or ()
+    if "*" not in typeids:
+        body.setdefault("properties", {})["typeid"] = {"type": "string", "enum": list(typeids)}
+    return body
+
+
 def build_openapi(app: FastAPI, state: GatewayState) -> dict[str, Any]:
     """The OpenAPI document of ``app`` (computed once, then cached on the app)."""
     if app.openapi_schema:
@@ -157,6 +179,9 @@ def build_openapi(app: FastAPI, state: GatewayState) -> dict[str, Any]:
         schemas.setdefault(key, value)
     base = schemas["ComputeRequest"]
     for name, backend in state.backends.items():
+        if backend.is_manager:
+            schemas[f"ObjectCreate.{name}"] = _create_request(schemas["ObjectCreate"], backend)
+            continue
         payload_schema = backend.settings.payload_schema
         if payload_schema is None:
             continue

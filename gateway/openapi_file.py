@@ -4,7 +4,8 @@
 document of the app built from :data:`EXAMPLE_CONFIG` to ``PATH`` (default
 ``openapi/openapi.json``): a fixed configuration, so the file is the same on
 every machine, with one backend that has a ``payload_schema`` so that the
-per-backend operation appears. ``tests/gateway/test_openapi.py`` fails when
+per-backend operation appears, and one manager backend for the object
+routes. ``tests/gateway/test_openapi.py`` fails when
 the committed file differs from what the app serves.
 
 A leaf: it builds an app, so only the command line imports it.
@@ -52,7 +53,14 @@ EXAMPLE_CONFIG: Final[dict[str, Any]] = {
                 "maxItems": 2,
                 "examples": [[5, 6]],
             },
-        }
+        },
+        "jobs": {
+            "kind": "manager",
+            "address": "127.0.0.1:50000",
+            "typeids": ["get_queue"],
+            "methods": {"get_queue": ["put", "get", "qsize", "empty"]},
+            "object_ttl": 600.0,
+        },
     },
     "auth": {
         "keys": [

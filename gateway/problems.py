@@ -43,6 +43,12 @@ backend-unreachable            503     no address of the backend can be reached
 backend-authentication-failed  503     the handshake with the backend failed
 not-ready                      503     ``/readyz``: some backend is not ready
 too-many-connections           503     the gateway holds its most client connections
+wrong-backend-kind             422     compute on a manager backend, objects on a listener
+typeid-not-allowed             422     a typeid outside the manager backend's ``typeids``
+unknown-object                 404     no object by that id on the manager backend
+unknown-method                 404     a method the object does not expose (or is narrowed away)
+manager-failure                502     the manager failed (``#TRACEBACK``); text only logged
+too-many-objects               503     the gateway holds ``max_objects`` on the backend
 backend-timeout                504     no reply within the call timeout
 internal-error                 500     a bug; details are only logged
 =============================  ======  ==========================================
@@ -77,7 +83,12 @@ The gateway's own request errors are the :class:`GatewayError` subtree
     ├── TooManyConnections
     ├── NotAcceptable
     ├── TooManyReplies
-    └── TooManyStreams
+    ├── TooManyStreams
+    ├── WrongBackendKind
+    ├── TypeidNotAllowed
+    ├── UnknownObject
+    ├── UnknownMethod
+    └── TooManyObjects
 """
 
 from __future__ import annotations
@@ -105,6 +116,8 @@ from connbridge.errors import (
     ConnectError,
     ConnectionClosed,
     HandshakeError,
+    ManagerFailure,
+    ManagerProtocolError,
     PayloadError,
     PickleError,
     PoolClosed,
@@ -135,11 +148,16 @@ __all__ = [
     "ProblemType",
     "RequestTimeout",
     "TooManyConnections",
+    "TooManyObjects",
     "TooManyReplies",
     "TooManyStreams",
+    "TypeidNotAllowed",
     "Unauthorized",
     "UnknownBackend",
+    "UnknownMethod",
+    "UnknownObject",
     "UnsupportedMediaType",
+    "WrongBackendKind",
     "describe",
     "install",
     "pointer",
@@ -237,8 +255,11 @@ class BackendRaised(GatewayError):
         result_format: str = "json",
         max_depth: int = 250,
         max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        type_name: str | None = None,
     ) -> None:
-        """``max_depth`` and ``max_bytes`` bound the arguments' JSON as for results."""
+        """``max_depth`` and ``max_bytes`` bound the arguments' JSON as for results;
+        ``type_name`` replaces the exception's name (a manager's ``queue.Empty`` is
+        ``Empty``, not ``_queue.Empty``)."""
         kind = type(exc)
         try:
             encoded = to_json(
@@ -252,6 +273,8 @@ class BackendRaised(GatewayError):
             # The arguments have no JSON form: say what it was, without them.
             name = kind.__name__ if kind.__module__ == "builtins" else kind.__qualname__
             described = {"type": name, "args": None}
+        if type_name is not None:
+            described = {**described, "type": type_name}
         super().__init__(
             f"the backend answered with an exception: {described['type']}",
             extras={"exception": described},
@@ -269,6 +292,26 @@ class TooManyReplies(GatewayError):
 
 class TooManyStreams(GatewayError):
     """The backend already has ``max_streams`` streams open."""
+
+
+class WrongBackendKind(GatewayError):
+    """The request does not fit the backend's kind: payloads to a manager, objects of a Listener."""
+
+
+class TypeidNotAllowed(GatewayError):
+    """The typeid is not in the manager backend's ``typeids``."""
+
+
+class UnknownObject(GatewayError):
+    """No object by that id is held on the manager backend (never created, released or expired)."""
+
+
+class UnknownMethod(GatewayError):
+    """The object does not expose that method, or the backend's ``methods`` narrows it away."""
+
+
+class TooManyObjects(GatewayError):
+    """The gateway already holds ``max_objects`` objects on the manager backend."""
 
 
 class NotReady(GatewayError):
@@ -354,6 +397,13 @@ PROBLEM_TYPES: Final[Mapping[type[BaseException], ProblemType]] = {
         "too-many-connections", 503, "Too many client connections", retry_after=1
     ),
     CallTimeout: _row("backend-timeout", 504, "Backend timeout"),
+    WrongBackendKind: _row("wrong-backend-kind", 422, "Not offered by this kind of backend"),
+    TypeidNotAllowed: _row("typeid-not-allowed", 422, "Typeid not allowed"),
+    UnknownObject: _row("unknown-object", 404, "Unknown object"),
+    UnknownMethod: _row("unknown-method", 404, "Unknown method"),
+    ManagerFailure: _row("manager-failure", 502, "The manager failed to serve the request"),
+    ManagerProtocolError: _row("backend-protocol-error", 502, "Backend broke the protocol"),
+    TooManyObjects: _row("too-many-objects", 503, "Too many objects held", retry_after=1),
 }
 
 

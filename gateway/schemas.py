@@ -22,6 +22,9 @@ __all__ = [
     "ComputeResponse",
     "ExceptionInfo",
     "Health",
+    "MethodCall",
+    "ObjectCreate",
+    "ObjectDescription",
     "Problem",
     "ProblemItem",
     "Readiness",
@@ -95,6 +98,37 @@ class ComputeResponse(BaseModel):
     result: Any = Field(description="The reply, converted to JSON as `result_format` asks.")
     backend: str = Field(description="The backend that answered.")
     elapsed_ms: float = Field(description="Time spent waiting for the backend, in milliseconds.")
+
+
+class ObjectCreate(BaseModel):
+    """Create a shared object on a manager backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    typeid: str = Field(description="A typeid the manager registers and the backend allows.")
+    args: list[Any] = Field([], description="Arguments of its callable, as tagged JSON.")
+    kwargs: dict[str, Any] = Field({}, description="Keyword arguments, values as tagged JSON.")
+    timeout: float | None = Field(None, gt=0, description="Seconds; can only shorten.")
+
+
+class MethodCall(BaseModel):
+    """Call a method of a shared object; the body may be left out when it has no arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    args: list[Any] = Field([], description="Arguments, as tagged JSON.")
+    kwargs: dict[str, Any] = Field({}, description="Keyword arguments, values as tagged JSON.")
+    timeout: float | None = Field(None, gt=0, description="Seconds; can only shorten.")
+    result_format: Literal["json", "tagged"] = "json"
+
+
+class ObjectDescription(BaseModel):
+    """A shared object the gateway holds on a manager backend."""
+
+    id: str = Field(description="The manager's id of the object.")
+    typeid: str
+    methods: list[str] = Field(description="The methods clients may call.")
+    backend: str
 
 
 class ProblemItem(BaseModel):
@@ -192,6 +226,10 @@ class BackendInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
+    kind: Literal["listener", "manager"] = Field(
+        description="`manager`: a `multiprocessing.managers` server; it also lists `typeids`, "
+        "`methods`, `object_ttl` and the number of `objects` the gateway holds on it."
+    )
     default: bool
     addresses: list[str]
     timeout: float

@@ -24,6 +24,12 @@ case-insensitive, backends overridden this way must have lower-case names.
     call_timeout = 5.0
     max_connections = 4
 
+    [backends.jobs]               # a multiprocessing.managers server
+    kind = "manager"
+    address = "10.0.0.7:50000"
+    typeids = ["get_queue"]       # what clients may create ("*": anything)
+    methods = { get_queue = ["put", "get", "qsize"] }   # optional narrowing
+
     [[auth.keys]]
     name = "ci"
     sha256 = "<hex SHA-256 of the key>"
@@ -339,6 +345,18 @@ class _BackendTable(_Section):
     #: A key written in the file itself: works, but is logged as a warning.
     authkey: SecretStr | None = None
     payload_schema: dict[str, Any] | None = None
+    #: ``"listener"``: calls with payloads; ``"manager"``: a ``multiprocessing.managers``
+    #: server, whose shared objects are REST resources (see :mod:`gateway.objects`).
+    kind: Literal["listener", "manager"] = "listener"
+    #: Manager backends (required there): the typeids clients may create; ``["*"]``: any.
+    typeids: tuple[str, ...] | None = None
+    #: Manager backends: per typeid, the only methods clients may call (of those exposed).
+    methods: dict[str, tuple[str, ...]] = {}
+    #: Manager backends: seconds an object created through the gateway may stay
+    #: unused before its reference is released.
+    object_ttl: PositiveFloat = 3600.0
+    #: Manager backends: the most objects the gateway holds at once.
+    max_objects: PositiveInt = 10_000
 
     # -- streaming (``/stream``): the gateway's keys, not the pool's ------------------
     #: The backend's own end of a stream (see :mod:`gateway.routes.stream`):
@@ -417,6 +435,19 @@ class _BackendTable(_Section):
     def sentinel(self) -> object:
         """``stream_sentinel`` as the Python value a reply is compared with."""
         return from_json(json.loads(self.stream_sentinel))
+
+    @model_validator(mode="after")
+    def _manager_keys(self) -> _BackendTable:
+        if self.kind == "manager":
+            if not self.typeids:
+                raise ValueError('a manager backend needs typeids (["*"] allows every typeid)')
+            if "*" in self.typeids and len(self.typeids) > 1:
+                raise ValueError('typeids: "*" allows every typeid; list no others with it')
+            if self.payload_schema is not None:
+                raise ValueError("a manager backend takes no payload_schema (it takes no payloads)")
+        elif self.typeids is not None or self.methods:
+            raise ValueError('typeids and methods are keys of kind = "manager" backends')
+        return self
 
     @model_validator(mode="after")
     def _pool_as_a_whole(self) -> _BackendTable:

@@ -9,6 +9,7 @@ Routes get it through the ``State`` dependency of :mod:`gateway.deps`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -17,11 +18,13 @@ from typing import Any
 import jsonschema
 import jsonschema.protocols
 
+from connbridge.manager import ManagerClient
 from connbridge.pool import Pool, PoolSettings
 
 from .auth import KeyRing, Principal
 from .metrics import GatewayMetrics
-from .problems import Forbidden, InvalidRequest, UnknownBackend, pointer
+from .objects import ObjectTable
+from .problems import Forbidden, InvalidRequest, UnknownBackend, WrongBackendKind, pointer
 from .settings import BackendSettings, Settings, read_authkeys
 
 __all__ = ["RESULT_MAX_DEPTH", "Backend", "GatewayState", "pool_settings"]
@@ -46,11 +49,45 @@ class Backend:
     settings: BackendSettings
     validator: jsonschema.protocols.Validator | None
     authkey: bytes | None = field(repr=False)
+    #: The pool of calls; for a manager backend, the pool of its method calls.
     pool: Pool | None = None
+    #: Manager backends, once started: the client and the objects held.
+    manager: ManagerClient | None = None
+    objects: ObjectTable | None = None
 
     @property
     def timeout(self) -> float:
         return self.settings.pool.call_timeout
+
+    @property
+    def is_manager(self) -> bool:
+        return self.settings.kind == "manager"
+
+    def refuse_payloads(self, *, pointer: str | None = None) -> None:
+        """Raise :class:`WrongBackendKind` if this backend takes no payloads (a manager)."""
+        if self.is_manager:
+            raise WrongBackendKind(
+                f"backend {self.name!r} is a manager: it takes no payloads; use its objects "
+                f"(POST /backends/{self.name}/objects, then "
+                f"POST /backends/{self.name}/objects/{{id}}/{{method}})",
+                pointer=pointer,
+            )
+
+    def running_objects(self) -> ObjectTable:
+        """The objects held on this manager backend.
+
+        Raises:
+            WrongBackendKind: the backend is not a manager.
+            RuntimeError: the app's lifespan has not started it.
+        """
+        if not self.is_manager:
+            raise WrongBackendKind(
+                f"backend {self.name!r} is a Listener, not a manager: it has no objects; "
+                "call it with POST /compute"
+            )
+        if self.objects is None:
+            raise RuntimeError(f"backend {self.name}: the app has not started")
+        return self.objects
 
     def running_pool(self) -> Pool:
         """The pool; raises ``RuntimeError`` before the app's lifespan started it."""
@@ -92,14 +129,31 @@ class GatewayState:
     async def start(self) -> None:
         """Create and start one pool per backend (a backend that is down is no error)."""
         grace = self.settings.gateway.shutdown_grace
+        starting = []
         for backend in self.backends.values():
-            backend.pool = Pool(
-                list(backend.settings.address),
-                authkey=backend.authkey,
-                settings=pool_settings(backend.settings, close_grace=grace),
-                name=backend.name,
-            )
-        await asyncio.gather(*(pool.start() for pool in self.pools().values()))
+            settings = pool_settings(backend.settings, close_grace=grace)
+            addresses = list(backend.settings.address)
+            if backend.is_manager:
+                client = ManagerClient(
+                    addresses, authkey=backend.authkey, settings=settings, name=backend.name
+                )
+                backend.manager, backend.pool = client, client.methods
+                backend.objects = ObjectTable(
+                    backend.name,
+                    client,
+                    typeids=backend.settings.typeids or (),
+                    methods=backend.settings.methods,
+                    object_ttl=backend.settings.object_ttl,
+                    max_objects=backend.settings.max_objects,
+                )
+                backend.objects.start()
+                starting.append(client.start())
+            else:
+                backend.pool = Pool(
+                    addresses, authkey=backend.authkey, settings=settings, name=backend.name
+                )
+                starting.append(backend.pool.start())
+        await asyncio.gather(*starting)
         for name, pool in self.pools().items():
             logger.info(
                 "backend %s: %s (%s)",
@@ -111,8 +165,17 @@ class GatewayState:
     async def close(self) -> None:
         """Close every pool, letting calls in flight finish within ``shutdown_grace``."""
         grace = self.settings.gateway.shutdown_grace
-        pools = list(self.pools().values())
-        await asyncio.gather(*(pool.close(grace) for pool in pools), return_exceptions=True)
+        # Objects first: their references go back while the pools still work.
+        tables = [b.objects for b in self.backends.values() if b.objects is not None]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(grace, 0.001)):
+                await asyncio.gather(*(t.close() for t in tables), return_exceptions=True)
+        closing = [
+            b.manager.close(grace) if b.manager is not None else b.pool.close(grace)
+            for b in self.backends.values()
+            if b.pool is not None
+        ]
+        await asyncio.gather(*closing, return_exceptions=True)
 
     def backend_for(
         self, principal: Principal, name: str | None, *, at: Sequence[str | int] | None = ()
@@ -161,9 +224,18 @@ class GatewayState:
             if not principal.may_use(name):
                 continue
             pool = backend.pool
+            info: dict[str, Any] = {}
+            if backend.is_manager:
+                info = {
+                    "typeids": list(backend.settings.typeids or ()),
+                    "methods": {k: list(v) for k, v in backend.settings.methods.items()},
+                    "object_ttl": backend.settings.object_ttl,
+                    "objects": len(backend.objects) if backend.objects is not None else 0,
+                }
             out.append(
                 {
                     "name": name,
+                    "kind": backend.settings.kind,
                     "default": name == self.default_backend,
                     "addresses": [str(a) for a in backend.settings.address],
                     "timeout": backend.settings.pool.call_timeout,
@@ -172,6 +244,7 @@ class GatewayState:
                     "payload_schema": backend.settings.payload_schema,
                     "health": pool.health() if pool is not None else {"status": "unknown"},
                     "stats": dict(pool.stats()) if pool is not None else {},
+                    **info,
                 }
             )
         return out

@@ -173,7 +173,8 @@ def router(state: GatewayState) -> APIRouter:
         return await _compute(request, None)
 
     for name, backend in state.backends.items():
-        _add_backend_route(api, name, backend, example)
+        if not backend.is_manager:  # a manager takes no payloads (see routes.objects)
+            _add_backend_route(api, name, backend, example)
 
     @api.post(_BACKEND_ROUTE, include_in_schema=False)
     async def compute_on_unknown(request: Request, name: str) -> Response:

@@ -22,8 +22,9 @@ Refusals and close codes
     1003  ``binary-message``: a session takes JSON in text messages only
     1007  ``malformed-json``, ``invalid-payload``: a session message that is not
           JSON, or that the codec or the backend's ``payload_schema`` refuses
-    1008  ``unauthorized``, ``forbidden``, ``unknown-backend``, ``invalid-request``:
-          refused before any backend traffic; ``slow-client``: the client stopped
+    1008  ``unauthorized``, ``forbidden``, ``unknown-backend``, ``invalid-request``,
+          ``wrong-backend-kind`` (a session to a manager backend): refused before any
+          backend traffic; ``slow-client``: the client stopped
           reading
     1009  ``message-too-big``: a message over ``max_message_bytes`` (also sent by
           the server's protocol layer, before the message is read)
@@ -171,6 +172,7 @@ class WebSocketHub:
         try:
             principal = self._authenticate(websocket)
             backend = self.state.backend_for(principal, name, at=None)
+            backend.refuse_payloads()  # a manager: no raw connection to it, ever
         except GatewayError as exc:
             await self._refuse(websocket, 1008, problem_reason(exc))
             return

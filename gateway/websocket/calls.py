@@ -2,7 +2,11 @@
 
 Each call request is a text message ``{"id": <any JSON>, "backend"?,
 "payload", "timeout"?, "result_format"?}``; it is run by
-:func:`gateway.calls.run_call`, exactly as ``POST /compute`` runs it, and
+:func:`gateway.calls.run_call`, exactly as ``POST /compute`` runs it. A
+message naming ``"object"`` and ``"method"`` instead of a payload (with
+``"args"?``, ``"kwargs"?``) calls a method of a manager backend's object, as
+``POST /backends/{name}/objects/{id}/{method}`` does
+(:func:`gateway.object_calls.run_method_call`). Either is
 answered with ``{"id", "result"}`` or ``{"id", "error": <problem>}`` (the
 problem object of the REST API, :func:`gateway.problems.problem_object`) as
 soon as it is done, in any order. A message that cannot be read gets an
@@ -39,6 +43,7 @@ from connbridge.errors import PoolClosed
 from ..auth import Principal
 from ..body import parse_json
 from ..calls import CallRequest, parse_call, run_call
+from ..object_calls import MethodCall, parse_method_call, run_method_call
 from ..problems import INTERNAL_ERROR, InvalidRequest, problem_object
 from ..state import Backend, GatewayState
 from .link import Close, Link, reason, too_big
@@ -185,7 +190,11 @@ class Calls:
                             f"a call's 'id' may nest at most {ID_MAX_DEPTH} levels",
                             [{"detail": "'id' is nested too deeply", "pointer": "#/id"}],
                         )
-                call = parse_call(body)
+                call: CallRequest | MethodCall
+                if type(body) is dict and "object" in body:
+                    call = parse_method_call(body, message=True)
+                else:
+                    call = parse_call(body)
                 backend = self.state.backend_for(self.principal, call.backend)
                 answer = await self._run(backend, call)
                 reply = _dumps({"id": ident, "result": answer["result"]})
@@ -203,14 +212,16 @@ class Calls:
             self.in_flight -= 1
             self._slots.release()
 
-    async def _run(self, backend: Backend, call: CallRequest) -> dict[str, Any]:
+    async def _run(self, backend: Backend, call: CallRequest | MethodCall) -> dict[str, Any]:
         # Without a drain the cutoff never fires; with one, it is rescheduled
         # to the end of the grace period.
         cutoff = asyncio.timeout_at(self._cutoff)
         self._cutoffs.add(cutoff)
         try:
             async with cutoff:
-                return await run_call(self.state, backend, call)
+                if isinstance(call, CallRequest):
+                    return await run_call(self.state, backend, call)
+                return await run_method_call(self.state, backend, call.object, call.method, call)
         except TimeoutError:
             if cutoff.expired():
                 raise PoolClosed("the gateway shut down before the call finished") from None

@@ -18,6 +18,7 @@ import pytest
 from bench import servers
 from bench.chart import write_chart
 from bench.http import direct_round_trips, paced_direct, run_wrk
+from bench.manager import create_echo, native_calls_per_second, write_manager_config
 from bench.report import comparison, print_table
 from bench.ws import calls_per_second
 
@@ -94,3 +95,14 @@ def test_stream_row_reads_whole_streams(tmp_path: Path) -> None:
             assert direct_replies_per_second(backend, 10_500) > 0
             rows = stream_rows(gateway, backend, 2_000)
     assert rows[0]["unit"] == "replies/s" and rows[0]["target"] == 0.3
+
+
+def test_manager_row_parts(wrk: str, tmp_path: Path) -> None:
+    with servers.manager_backend(tmp_path) as backend:
+        assert native_calls_per_second(backend, 200) > 0
+        config = write_manager_config(tmp_path, backend, log_level="warning")
+        with servers.gateway(config, backend, tmp_path) as gateway:
+            path = create_echo(gateway)
+            body = tmp_path / "echo.json"
+            body.write_bytes(b'{"args": [11]}')
+            assert run_wrk(wrk, gateway.url + path, body, seconds=1, connections=4).requests > 0

@@ -16,11 +16,16 @@ MODULES = [
     "errors",
     "frames",
     "handshake",
+    "holder",
+    "manager",
     "pickle_limits",
+    "pipelining",
     "plain_types",
     "pool",
     "pool_settings",
+    "replica",
     "server",
+    "streaming",
     "unpickler",
 ]
 

@@ -284,6 +284,29 @@ def test_bad_environment_value_names_the_variable(tmp_path, monkeypatch):
             + "\n",
             "invalid TOML: nested too deeply",
         ),
+        (
+            '[backends.m]\naddress = "unix:/a"\nkind = "manager"\n',
+            "backends.m: a manager backend needs typeids",
+        ),
+        (
+            '[backends.m]\naddress = "unix:/a"\nkind = "manager"\ntypeids = ["*", "q"]\n',
+            'backends.m: typeids: "*" allows every typeid',
+        ),
+        (
+            '[backends.m]\naddress = "unix:/a"\nkind = "manager"\ntypeids = ["q"]\n'
+            'payload_schema = { type = "integer" }\n',
+            "backends.m: a manager backend takes no payload_schema",
+        ),
+        (
+            '[backends.a]\naddress = "unix:/a"\ntypeids = ["q"]\n',
+            'backends.a: typeids and methods are keys of kind = "manager" backends',
+        ),
+        ('[backends.a]\naddress = "unix:/a"\nkind = "mgr"\n', "backends.a.kind:"),
+        (
+            '[backends.m]\naddress = "unix:/a"\nkind = "manager"\ntypeids = ["q"]\n'
+            "object_ttl = 0\n",
+            "backends.m.object_ttl:",
+        ),
     ],
 )
 def test_errors_name_file_and_key(tmp_path, text, expected):
