@@ -315,7 +315,7 @@ def unchecked_load(data: bytes) -> object:
     return loader.load()
 
 
-_TABLE = unpickler._build_table(())
+_TABLE = unpickler._build_table((), {})
 
 
 def fails(data: bytes) -> bool:
