@@ -131,7 +131,8 @@ async def cli_gateway(
     """Run ``connbridge-gateway --config FILE --port 0`` until the block ends.
 
     ``connections`` bounds the client's HTTP connections. The process is
-    killed at the end if it is still running.
+    killed at the end if it is still running; a block that succeeds also
+    fails if the gateway logged a traceback.
     """
     path = write_config(directory, backends, **gateway)
     async with gateway_process("--config", str(path), "--port", "0") as process:
@@ -139,6 +140,8 @@ async def cli_gateway(
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
             yield CliGateway(process, client, url)
+    # Reached only when the block succeeded: whatever happened, nothing crashed.
+    assert "Traceback" not in process.output(), process.output()
 
 
 def table(backend: Any, directory: Path, **extra: Any) -> dict[str, Any]:
