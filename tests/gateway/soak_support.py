@@ -137,7 +137,11 @@ async def cli_gateway(
     path = write_config(directory, backends, **gateway)
     async with gateway_process("--config", str(path), "--port", "0") as process:
         url = await process.listening()
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        # Idle HTTP connections are dropped before uvicorn's 5 s keep-alive
+        # timeout, so that no request goes out on one the server is closing.
+        limits = httpx.Limits(
+            max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2
+        )
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
             yield CliGateway(process, client, url)
     # Reached only when the block succeeded: whatever happened, nothing crashed.
