@@ -41,6 +41,15 @@ fuzz: $(STAMP)
 		$(BIN)/python -X dev -m pytest -p no:cacheprovider -s \
 		tests/gateway/test_schemathesis.py tests/gateway/test_payload_fuzz.py
 
+# Issue 12's promises at their full durations (make test runs each for a few
+# seconds): the poison test 60 s x 4, the classic server under 5 minutes of
+# load, starvation over 60 s, kill -9 x 20. About 12 minutes; -rP prints each
+# run's figures.
+.PHONY: soak
+SOAK_TESTS := tests/gateway/test_hostile_backends.py tests/gateway/test_fragile_server.py
+soak: $(STAMP)
+	CONNBRIDGE_SOAK=1 $(BIN)/python -X dev -m pytest -p no:cacheprovider -rP $(SOAK_TESTS)
+
 # The bench also needs wrk, which it installs with apt-get when missing and
 # run as root. BENCH_QUICK=1 make bench is a smoke run; bench/README.md lists
 # every knob.

@@ -193,8 +193,10 @@ class BackendUnavailable(PoolError):
     """No address of the backend can currently be reached or authenticated.
 
     ``handshake_failed`` is true when every address that failed did so in
-    the handshake (a wrong key, or a Listener that sends no challenge), so
-    callers can tell a configuration problem from a backend that is down.
+    the handshake (a wrong key, or a malformed exchange), so callers can
+    tell a configuration problem from a backend that is down. A handshake
+    that stayed silent does not count: a busy one-connection server looks
+    the same as a Listener that sends no challenge.
     """
 
     def __init__(self, message: str, *, handshake_failed: bool = False) -> None:

@@ -130,8 +130,11 @@ _HOUSEKEEPING_INTERVAL = 1.0
 # set aside, while another address of that name works (a dual-stack name
 # with a server on one family only).
 _DORMANT_AFTER = 3
-#: Error kinds of a failed handshake (a wrong key, or none where one is needed).
-_HANDSHAKE_KINDS: Final = frozenset({"auth", "handshake", "handshake_timeout"})
+#: Error kinds of a failed handshake: a wrong key, or a malformed exchange. Not
+#: "handshake_timeout": a silent handshake is as likely a one-connection server
+#: busy with another client as a Listener without a key, and the busy server
+#: must not be reported as an authentication failure.
+_HANDSHAKE_KINDS: Final = frozenset({"auth", "handshake"})
 
 
 class PoolHealth(TypedDict, total=False):
