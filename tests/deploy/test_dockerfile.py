@@ -23,7 +23,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 ENTRYPOINT = [
     "connbridge-gateway",
-    "--config",
+    "--default-config",
     "/etc/connbridge/connbridge.toml",
     "--host",
     "0.0.0.0",
