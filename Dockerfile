@@ -35,10 +35,12 @@ COPY gateway ./gateway
 # The wheel is built first and installed from the file, so the runtime
 # environment holds no source tree, no build backend and no editable link.
 # pip and setuptools are removed from it afterwards: nothing installs at run time.
+# The otel extra is in: tracing stays off (and costs nothing) until OTEL_* asks.
 RUN python3 -m venv /opt/build \
     && /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels . \
     && python3 -m venv /opt/connbridge \
-    && /opt/connbridge/bin/pip install /wheels/connbridge-*.whl \
+    && wheel=$(echo /wheels/connbridge-*.whl) \
+    && /opt/connbridge/bin/pip install "${wheel}[otel]" \
     && /opt/connbridge/bin/pip uninstall --yes pip setuptools
 
 # -- runtime ------------------------------------------------------------------

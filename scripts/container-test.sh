@@ -50,6 +50,7 @@ WORK=$(mktemp -d /tmp/connbridge-container-test.XXXXXX)
 BACKEND_PID=
 GATEWAY_PID=
 CTR=
+CTR_BARE=
 IMAGE_BUILT=
 
 # Every child of $1, then $1 itself: `buildah run` starts the gateway through
@@ -93,9 +94,9 @@ cleanup() {
         stop_pids 5 "$BACKEND_PID"
         wait "$BACKEND_PID" 2>/dev/null || true
     fi
-    if [ -n "$CTR" ]; then
-        buildah rm "$CTR" >/dev/null 2>&1 || log "could not remove working container $CTR"
-    fi
+    for ctr in $CTR $CTR_BARE; do
+        buildah rm "$ctr" >/dev/null 2>&1 || log "could not remove working container $ctr"
+    done
     if [ "$status" -ne 0 ]; then
         # The build's log only when the build is what failed.
         [ -n "$IMAGE_BUILT" ] && rm -f "$WORK/build.log"
@@ -386,10 +387,12 @@ GATEWAY_PID=
 log "SIGTERM: the gateway stopped with status 0"
 
 # -- nothing mounted: `<image> --demo`, and `<image>` alone --------------------
+# A fresh working container: the first one has the mount points left in it.
+CTR_BARE=$(buildah from --pull=never --quiet "$IMAGE")
 demo_port=$(free_port)
-log "starting '${entrypoint[*]} --port $demo_port --demo' with nothing mounted"
+log "starting '${entrypoint[*]} --port $demo_port --demo' with nothing mounted in $CTR_BARE"
 buildah run --isolation chroot --user "$image_user" \
-    "$CTR" -- "${entrypoint[@]}" --port "$demo_port" --demo \
+    "$CTR_BARE" -- "${entrypoint[@]}" --port "$demo_port" --demo \
     </dev/null >"$WORK/demo.log" 2>&1 &
 GATEWAY_PID=$!
 GATEWAY_URL="http://127.0.0.1:$demo_port" LAUNCHER_PID=$GATEWAY_PID WORK=$WORK \
@@ -478,7 +481,7 @@ grep -q "serving the demo backend on 0.0.0.0 without API keys" "$WORK/demo.log" 
 log "--demo: stopped with status 0 on SIGTERM"
 
 rc=0
-timeout 60 buildah run --isolation chroot --user "$image_user" "$CTR" -- "${entrypoint[@]}" \
+timeout 60 buildah run --isolation chroot --user "$image_user" "$CTR_BARE" -- "${entrypoint[@]}" \
     </dev/null >"$WORK/demo.log" 2>&1 || rc=$?
 [ "$rc" -eq 2 ] || die "with nothing mounted and no --demo the gateway exited $rc, expected 2"
 grep -q "mount a configuration file at /etc/connbridge/connbridge.toml" "$WORK/demo.log" \
