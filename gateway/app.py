@@ -18,6 +18,7 @@ For servers other than our command line (``uvicorn --factory``, gunicorn),
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -71,7 +72,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await state.close()
             if tracing is not None:
-                tracing.close()
+                # The last export may wait for a slow collector: not on the loop.
+                await asyncio.to_thread(tracing.close)
 
     app = FastAPI(
         title="connbridge gateway",

@@ -13,6 +13,7 @@ import gzip
 import json
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -230,6 +231,32 @@ async def test_ws_calls_are_children_of_the_socket_span(receiver):
     assert len(clients) == 3
     assert {s.parent_span_id for s in clients} == {server.span_id}
     assert {s.trace_id.hex() for s in spans} == {trace_id}
+
+
+async def test_a_collector_that_is_down_costs_no_request_and_no_clean_exit():
+    # A closed port: the exporter fails (and says so); the gateway serves and stops.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        env = child_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+            OTEL_EXPORTER_OTLP_TIMEOUT="1",
+            OTEL_BSP_SCHEDULE_DELAY="50",
+        )
+        async with gateway_process("--demo", "--port", "0", env=env) as gateway:
+            url = await gateway.listening()
+            for _ in range(3):
+                answer = curl(
+                    url + "/compute",
+                    *("-H", "Content-Type: application/json", "--data", '{"payload": [1, 2]}'),
+                )
+                assert json.loads(answer.stdout)["result"] == 3
+            gateway.proc.send_signal(signal.SIGTERM)
+            assert await gateway.wait() == 0, gateway.output()
+    output = gateway.output()
+    # The exporter says the export failed, in a log line, not a traceback.
+    assert " opentelemetry.exporter.otlp.proto.http.trace_exporter: " in output
+    assert "Traceback" not in output
 
 
 @pytest.mark.parametrize(
