@@ -1,10 +1,12 @@
 # The connbridge gateway as a small, non-root container image.
 #
 #   docker build -t connbridge .
+#   docker run -p 8000:8000 connbridge --demo       # the demo backend, nothing mounted
 #   docker run -p 8000:8000 -v ./connbridge.toml:/etc/connbridge/connbridge.toml:ro \
 #       -e ADDER_AUTHKEY=... -e CONNBRIDGE_AUTH__KEYS='[{"name": "app", "sha256": "..."}]' \
 #       connbridge
 #
+# (podman build / podman run take the same arguments.)
 # (ADDER_AUTHKEY as named by authkey_env in the file; API keys as SHA-256
 # hashes, required to listen on 0.0.0.0.  See deploy/README.md.)
 #
@@ -33,10 +35,12 @@ COPY gateway ./gateway
 # The wheel is built first and installed from the file, so the runtime
 # environment holds no source tree, no build backend and no editable link.
 # pip and setuptools are removed from it afterwards: nothing installs at run time.
+# The otel extra is in: tracing stays off (and costs nothing) until OTEL_* asks.
 RUN python3 -m venv /opt/build \
     && /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels . \
     && python3 -m venv /opt/connbridge \
-    && /opt/connbridge/bin/pip install /wheels/connbridge-*.whl \
+    && wheel=$(echo /wheels/connbridge-*.whl) \
+    && /opt/connbridge/bin/pip install "${wheel}[otel]" \
     && /opt/connbridge/bin/pip uninstall --yes pip setuptools
 
 # -- runtime ------------------------------------------------------------------
@@ -57,8 +61,7 @@ COPY --from=build /opt/connbridge /opt/connbridge
 
 ENV PATH=/opt/connbridge/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    CONNBRIDGE_CONFIG=/etc/connbridge/connbridge.toml
+    PYTHONUNBUFFERED=1
 
 USER 10001:10001
 EXPOSE 8000
@@ -68,4 +71,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
-ENTRYPOINT ["connbridge-gateway", "--config", "/etc/connbridge/connbridge.toml", "--host", "0.0.0.0", "--port", "8000"]
+# --default-config: the file is read when it is mounted (or CONNBRIDGE_CONFIG
+# names another); without one, `<image> --demo` serves the demo backend, and
+# anything else is told what to mount or which variables to set.
+ENTRYPOINT ["connbridge-gateway", "--default-config", "/etc/connbridge/connbridge.toml", "--host", "0.0.0.0", "--port", "8000"]

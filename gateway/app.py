@@ -5,9 +5,11 @@ Nothing is created at import time. ``create_app`` prepares the state
 opens one :class:`~connbridge.pool.Pool` per backend on start-up and closes
 them on shutdown, letting calls in flight finish within ``shutdown_grace``.
 
-Middleware, outermost first: :class:`~gateway.log.AccessLogMiddleware`
-(request id, access log, metrics, last-resort 500), then CORS when
-``cors_origins`` is set. Errors are rendered by :mod:`gateway.problems`.
+Middleware, outermost first: the tracing middleware when the ``OTEL_*``
+environment turns tracing on (:mod:`gateway.tracing`), then
+:class:`~gateway.log.AccessLogMiddleware` (request id, access log, metrics,
+last-resort 500), then CORS when ``cors_origins`` is set. Errors are
+rendered by :mod:`gateway.problems`.
 
 For servers other than our command line (``uvicorn --factory``, gunicorn),
 :func:`app_from_environment` loads the configuration named by
@@ -16,6 +18,8 @@ For servers other than our command line (``uvicorn --factory``, gunicorn),
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +34,7 @@ from .openapi import build_openapi
 from .routes import backends, compute, health, metrics, objects, stream, ws
 from .settings import Settings, load_settings
 from .state import GatewayState
+from .tracing import Tracing, install_tracing, tracing_wanted
 
 __all__ = ["app_from_environment", "create_app", "package_version"]
 
@@ -55,14 +60,20 @@ def create_app(settings: Settings) -> FastAPI:
             are inconsistent (see :meth:`Settings.cross_check`).
     """
     state = GatewayState(settings)
+    tracing: Tracing | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.start()
+        if tracing is not None:
+            tracing.instrument()
         try:
             yield
         finally:
             await state.close()
+            if tracing is not None:
+                # The last export may wait for a slow collector: not on the loop.
+                await asyncio.to_thread(tracing.close)
 
     app = FastAPI(
         title="connbridge gateway",
@@ -101,6 +112,10 @@ def create_app(settings: Settings) -> FastAPI:
         )
     # Added last, so it is the outermost of ours: it sees every response.
     app.add_middleware(AccessLogMiddleware, metrics=state.metrics)
+    # Tracing (off unless OTEL_* asks): outside the access log, whose line
+    # then carries the trace id. Off, nothing is imported or wrapped.
+    if tracing_wanted(os.environ):
+        tracing = install_tracing(app, state, os.environ)
     return app
 
 

@@ -2,7 +2,7 @@
 
 ::
 
-    connbridge-gateway [--config PATH] [--host H] [--port P] [--demo]
+    connbridge-gateway [--config PATH | --default-config PATH] [--host H] [--port P] [--demo]
                        [--log-level L] [--log-format text|json]
     connbridge-gateway openapi [PATH]
 
@@ -18,9 +18,17 @@ listens.
 process, on a Unix socket in a private directory with a random authkey, and
 serves it as the default backend ``demo``; the child is stopped on exit.
 
+``--default-config PATH`` is the container image's: PATH is read when it
+exists and neither ``--config`` nor ``$CONNBRIDGE_CONFIG`` names a file, so
+``<image> --demo`` starts with nothing mounted, and with neither a file nor
+``--demo`` the error says where to mount one.
+
 The gateway refuses a non-loopback ``--host`` when no API keys are
 configured, unless ``[gateway] allow_anonymous = true``: an open gateway on
-a network would let anyone make its backends unpickle their requests.
+a network would let anyone make its backends unpickle their requests. The
+one exception is ``--demo`` with no other backend configured (the image's
+``<image> --demo``): the demo backend only adds, echoes and sleeps, and a
+warning says that the gateway is open.
 
 On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and waits up to
 ``shutdown_grace`` seconds for requests in flight; then the app's lifespan
@@ -161,6 +169,12 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         metavar="PATH",
         help=f"TOML configuration file (default: ${CONFIG_ENV}, if set)",
+    )
+    parser.add_argument(
+        "--default-config",
+        metavar="PATH",
+        help=f"TOML configuration file read when it exists and neither --config nor "
+        f"${CONFIG_ENV} is given (the container image's /etc/connbridge/connbridge.toml)",
     )
     parser.add_argument("--host", help="address to listen on (default: [gateway] host, 127.0.0.1)")
     parser.add_argument(
@@ -314,10 +328,16 @@ def exposure_problem(settings: Settings, host: str) -> str | None:
     )
 
 
-def _serve(settings: Settings, host: str, port: int) -> int:
+def _serve(settings: Settings, host: str, port: int, *, demo_only: bool = False) -> int:
     problem = exposure_problem(settings, host)
-    if problem is not None:
+    if problem is not None and not demo_only:
         raise _UsageError(problem)
+    if problem is not None:
+        logger.warning(
+            "serving the demo backend on %s without API keys: anyone who reaches the "
+            "port can call it; mount a configuration with [[auth.keys]] for real backends",
+            host,
+        )
     try:
         app = create_app(settings)
     except ConfigError as exc:
@@ -353,6 +373,36 @@ def _write_openapi(argv: Sequence[str]) -> int:
     return 0
 
 
+def _config_path(config: str | None, default: str | None) -> str | None:
+    """The file to read: ``--config``, else ``$CONNBRIDGE_CONFIG``, else ``--default-config``
+    when that file exists (a file that is absent is no error: the image runs without one)."""
+    if config is not None:
+        return config
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        return named
+    if default is not None and os.path.exists(default):
+        return default
+    return None
+
+
+def _no_backends(config: str | None, default: str | None) -> str:
+    """What to do when there is nothing to serve, in the user's terms."""
+    if config is not None:
+        return (
+            f"{config}: no backends configured: add a [backends.NAME] table with an "
+            "address, or pass --demo"
+        )
+    where = (
+        f"mount a configuration file at {default}" if default is not None else "pass --config PATH"
+    )
+    return (
+        f"no backends configured: {where}, or set {CONFIG_ENV} to the path of one, "
+        "or define a backend in the environment (CONNBRIDGE_BACKENDS__<NAME>__ADDRESS, "
+        "with CONNBRIDGE_BACKENDS__<NAME>__AUTHKEY_ENV or __AUTHKEY_FILE), or pass --demo"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the gateway until SIGTERM or Ctrl-C (or run ``openapi``); return the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -363,7 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _parser().error(f"--port must be between 0 and 65535, not {args.port}")
     remove = configure_logging(args.log_level or "info", args.log_format or "text")
     try:
-        settings = load_settings(args.config)
+        config = _config_path(args.config, args.default_config)
+        settings = load_settings(config)
         remove()
         remove = configure_logging(
             args.log_level or settings.gateway.log_level,
@@ -372,18 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         host = args.host if args.host is not None else settings.gateway.host
         port = args.port if args.port is not None else settings.gateway.port
         if args.demo:
+            demo_only = not settings.backends
             with _demo_backend(settings) as with_demo:
-                return _serve(with_demo, host, port)
+                return _serve(with_demo, host, port, demo_only=demo_only)
         if not settings.backends:
-            if args.config or os.environ.get(CONFIG_ENV):
-                where = args.config or os.environ[CONFIG_ENV]
-                raise _UsageError(
-                    f"{where} configures no backend: add a [backends.NAME] table with an "
-                    "address (or set CONNBRIDGE_BACKENDS__NAME__ADDRESS), or pass --demo"
-                )
-            raise _UsageError(
-                f"no backends configured: pass --config PATH (or set {CONFIG_ENV}) or --demo"
-            )
+            raise _UsageError(_no_backends(config, args.default_config))
         return _serve(settings, host, port)
     except (ConfigError, _UsageError) as exc:
         for line in str(exc).splitlines():

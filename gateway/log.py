@@ -65,6 +65,7 @@ __all__ = [
     "escape",
     "log_access",
     "redact",
+    "set_trace_fields",
 ]
 
 #: Logger of the per-request lines.
@@ -277,8 +278,23 @@ async def _send_internal_error(send: Send, scope: Scope, context: RequestContext
 # -- configuration ---------------------------------------------------------------------
 
 
+#: ``trace_id`` and ``span_id`` of the current span; set by :mod:`gateway.tracing`
+#: when tracing is on, so that with it off the formatter imports and calls nothing.
+_trace_fields: Callable[[], dict[str, str] | None] | None = None
+
+
+def set_trace_fields(source: Callable[[], dict[str, str] | None] | None) -> None:
+    """Have every JSON line carry what ``source`` returns (``None``: nothing)."""
+    global _trace_fields
+    _trace_fields = source
+
+
 class JSONFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the access fields."""
+    """One JSON object per line: time, level, logger, message, and the access fields.
+
+    With tracing on, ``trace_id`` and ``span_id`` follow the message, from the
+    span current where the record was logged (the handler formats it there).
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -289,6 +305,10 @@ class JSONFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if _trace_fields is not None:
+            ids = _trace_fields()
+            if ids is not None:
+                entry.update(ids)
         access = getattr(record, "access", None)
         if isinstance(access, dict):
             entry.update(access)

@@ -19,8 +19,10 @@
 # environment; /healthz, /readyz, POST /compute answering 11 (and 401 without
 # the key); the process serving the port runs with a non-zero uid inside the
 # image's root; the image's HEALTHCHECK command passes against it; SIGTERM
-# stops it cleanly.  Every process and container started here is removed on
-# exit, whatever the outcome.
+# stops it cleanly.  Then, with nothing mounted: `<image> --demo` serves the
+# demo backend (POST /compute answering 11) and stops cleanly on SIGTERM, and
+# `<image>` alone exits 2 saying what to mount.  Every process and container
+# started here is removed on exit, whatever the outcome.
 #
 # Environment: PYTHON (default .venv/bin/python, with the project installed),
 # IMAGE (default localhost/connbridge:test), BASE_IMAGE (default
@@ -48,6 +50,7 @@ WORK=$(mktemp -d /tmp/connbridge-container-test.XXXXXX)
 BACKEND_PID=
 GATEWAY_PID=
 CTR=
+CTR_BARE=
 IMAGE_BUILT=
 
 # Every child of $1, then $1 itself: `buildah run` starts the gateway through
@@ -91,13 +94,13 @@ cleanup() {
         stop_pids 5 "$BACKEND_PID"
         wait "$BACKEND_PID" 2>/dev/null || true
     fi
-    if [ -n "$CTR" ]; then
-        buildah rm "$CTR" >/dev/null 2>&1 || log "could not remove working container $CTR"
-    fi
+    for ctr in $CTR $CTR_BARE; do
+        buildah rm "$ctr" >/dev/null 2>&1 || log "could not remove working container $ctr"
+    done
     if [ "$status" -ne 0 ]; then
         # The build's log only when the build is what failed.
         [ -n "$IMAGE_BUILT" ] && rm -f "$WORK/build.log"
-        for f in build.log backend.log gateway.log; do
+        for f in build.log backend.log gateway.log demo.log; do
             if [ -s "$WORK/$f" ]; then
                 log "--- last lines of $f ---"
                 tail -n 40 "$WORK/$f" >&2
@@ -382,6 +385,108 @@ wait "$GATEWAY_PID" || rc=$?
 GATEWAY_PID=
 [ "$rc" -eq 0 ] || die "the gateway exited with status $rc after SIGTERM"
 log "SIGTERM: the gateway stopped with status 0"
+
+# -- nothing mounted: `<image> --demo`, and `<image>` alone --------------------
+# A fresh working container: the first one has the mount points left in it.
+CTR_BARE=$(buildah from --pull=never --quiet "$IMAGE")
+demo_port=$(free_port)
+log "starting '${entrypoint[*]} --port $demo_port --demo' with nothing mounted in $CTR_BARE"
+buildah run --isolation chroot --user "$image_user" \
+    "$CTR_BARE" -- "${entrypoint[@]}" --port "$demo_port" --demo \
+    </dev/null >"$WORK/demo.log" 2>&1 &
+GATEWAY_PID=$!
+GATEWAY_URL="http://127.0.0.1:$demo_port" LAUNCHER_PID=$GATEWAY_PID WORK=$WORK \
+STARTUP_TIMEOUT=$STARTUP_TIMEOUT "$PYTHON" - <<'EOF' || die "--demo checks failed"
+import json
+import os
+import sys
+import time
+import urllib.request
+
+url = os.environ["GATEWAY_URL"]
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+timeout = float(os.environ["STARTUP_TIMEOUT"])
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=2.0) as resp:
+            if resp.status == 200:
+                break
+    except OSError:
+        pass
+    if not alive(int(os.environ["LAUNCHER_PID"])):
+        sys.exit("container-test: the gateway exited before answering /healthz with --demo")
+    if time.monotonic() > deadline:
+        sys.exit(f"container-test: /healthz did not answer 200 within {timeout:g}s with --demo")
+    time.sleep(0.2)
+req = urllib.request.Request(
+    url + "/compute",
+    data=json.dumps({"payload": [5, 6]}).encode(),
+    headers={"Content-Type": "application/json"},
+    method="POST",
+)
+with urllib.request.urlopen(req, timeout=10) as resp:
+    body = json.loads(resp.read())
+if resp.status != 200 or body.get("result") != 11 or body.get("backend") != "demo":
+    sys.exit(f"container-test: POST /compute with --demo answered {resp.status}: {body!r}")
+print("container-test: --demo, nothing mounted: /healthz 200, POST /compute [5, 6] -> 11",
+      file=sys.stderr)
+
+# The gateway's pid: the holder of the listening socket (see the first checks).
+port = int(url.rsplit(":", 1)[1])
+inodes = set()
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    with open(table) as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+pids = set()
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
+            pids.add(pid)
+    except OSError:
+        continue
+if not pids:
+    sys.exit(f"container-test: no process found listening on port {port} with --demo")
+with open(os.path.join(os.environ["WORK"], "demo.pids"), "w") as f:
+    f.write(" ".join(sorted(pids)) + "\n")
+EOF
+# SIGTERM to the gateway itself (the process holding the port), as above.
+read -r -a demo_gateway <"$WORK/demo.pids"
+[ "${#demo_gateway[@]}" -gt 0 ] || die "--demo: no connbridge-gateway process found under buildah"
+kill -TERM "${demo_gateway[@]}"
+deadline=$((SECONDS + 30))
+while kill -0 "$GATEWAY_PID" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+    sleep 0.1
+done
+kill -0 "$GATEWAY_PID" 2>/dev/null && die "the gateway with --demo did not stop within 30s of SIGTERM"
+rc=0
+wait "$GATEWAY_PID" || rc=$?
+GATEWAY_PID=
+[ "$rc" -eq 0 ] || die "the gateway with --demo exited with status $rc after SIGTERM"
+grep -q "serving the demo backend on 0.0.0.0 without API keys" "$WORK/demo.log" \
+    || die "--demo on 0.0.0.0 without keys logged no warning"
+log "--demo: stopped with status 0 on SIGTERM"
+
+rc=0
+timeout 60 buildah run --isolation chroot --user "$image_user" "$CTR_BARE" -- "${entrypoint[@]}" \
+    </dev/null >"$WORK/demo.log" 2>&1 || rc=$?
+[ "$rc" -eq 2 ] || die "with nothing mounted and no --demo the gateway exited $rc, expected 2"
+grep -q "mount a configuration file at /etc/connbridge/connbridge.toml" "$WORK/demo.log" \
+    || die "with nothing mounted the error does not say what to mount"
+log "nothing mounted, no --demo: exit 2: $(head -n 1 "$WORK/demo.log")"
 
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 base_size=$(podman image inspect --format '{{.Size}}' "$BASE_IMAGE")

@@ -23,7 +23,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 ENTRYPOINT = [
     "connbridge-gateway",
-    "--config",
+    "--default-config",
     "/etc/connbridge/connbridge.toml",
     "--host",
     "0.0.0.0",
@@ -109,7 +109,9 @@ def test_build_stage_builds_a_wheel_and_reads_the_proxy_ca_from_an_argument() ->
     assert ("ARG", "PIP_CERT") in build  # no default: unset unless the build passes it
     runs = " ".join(rest for keyword, rest in build if keyword == "RUN")
     assert "pip wheel" in runs
-    assert "pip install /wheels/connbridge-" in runs
+    # Installed from the wheel file (with the otel extra), not from an index.
+    assert "wheel=$(echo /wheels/connbridge-*.whl)" in runs
+    assert 'pip install "${wheel}[otel]"' in runs
 
 
 def test_runtime_stage_copies_only_the_virtual_environment() -> None:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from gateway_support import key_file
 
-LISTENING = re.compile(r"connbridge gateway listening on (https?)://127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(
+    r"connbridge gateway listening on (https?)://(?:127\.0\.0\.1|0\.0\.0\.0):(\d+)"
+)
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -52,11 +52,11 @@ def test_config_from_environment_and_missing_backends(tmp_path):
     result = run_cli(env=child_env(CONNBRIDGE_CONFIG=str(path)))
     assert result.returncode == 2
     # The file was given: the message says what it lacks, not to give one.
-    assert f"{path} configures no backend: add a [backends.NAME] table" in result.stderr
+    assert f"{path}: no backends configured: add a [backends.NAME] table" in result.stderr
     assert "pass --config" not in result.stderr
     result = run_cli("--config", str(path))
     assert result.returncode == 2
-    assert f"{path} configures no backend" in result.stderr
+    assert f"{path}: no backends configured" in result.stderr
     result = run_cli(env=child_env())
     assert result.returncode == 2
     assert "no backends configured: pass --config PATH" in result.stderr
@@ -148,6 +148,51 @@ async def test_demo_serves_the_quick_start():
             assert listing[0]["addresses"][0].startswith("unix:")
         gateway.proc.send_signal(signal.SIGTERM)
         assert await gateway.wait() == 0, gateway.output()
+
+
+async def test_image_entrypoint_serves_the_demo_with_nothing_mounted(tmp_path, demo):
+    # The image's ENTRYPOINT arguments, with the mount point absent: `<image> --demo`
+    # serves the demo on 0.0.0.0 (no keys: it is the only backend, and a warning says so).
+    absent = tmp_path / "etc" / "connbridge.toml"
+    entrypoint = ["--default-config", str(absent), "--host", "0.0.0.0", "--port", "0"]
+    async with gateway_process(*entrypoint, "--demo") as gateway:
+        url = await gateway.listening()
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            response = await client.post("/compute", json={"payload": [5, 6]})
+            assert response.status_code == 200
+            assert response.json()["result"] == 11
+        assert "serving the demo backend on 0.0.0.0 without API keys" in gateway.output()
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert await gateway.wait() == 0, gateway.output()
+    # Without --demo: what to mount, or which variables to set.
+    result = run_cli(*entrypoint)
+    assert result.returncode == 2
+    assert f"mount a configuration file at {absent}" in result.stderr
+    assert "CONNBRIDGE_CONFIG" in result.stderr
+    assert "CONNBRIDGE_BACKENDS__<NAME>__ADDRESS" in result.stderr
+    assert "--demo" in result.stderr
+    # A mounted file is read; so is the file CONNBRIDGE_CONFIG names, first.
+    mounted = write_config(tmp_path, demo)
+    for env, default in ((None, mounted), (child_env(CONNBRIDGE_CONFIG=str(mounted)), absent)):
+        args = ["--default-config", str(default), "--port", "0"]
+        async with gateway_process(*args, env=env) as gateway:
+            url = await gateway.listening()
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                listing = (await client.get("/backends")).json()["backends"]
+                assert [b["name"] for b in listing] == ["adder"]
+    # --demo beside real backends and no keys: the exposure rule holds.
+    result = run_cli(*entrypoint[:1], str(mounted), *entrypoint[2:], "--demo")
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in result.stderr
+
+
+def test_config_without_backends_names_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[gateway]\nport = 0\n")
+    result = run_cli("--config", str(path))
+    assert result.returncode == 2
+    assert f"{path}: no backends configured: add a [backends.NAME] table" in result.stderr
+    assert "pass --config" not in result.stderr
 
 
 @pytest.fixture
