@@ -342,6 +342,7 @@ def classic_backend(directory: Path) -> Iterator[Backend]:
     """
     key = secrets.token_hex(16)
     ready = directory / "classic.ready"
+    ready.unlink(missing_ok=True)
     argv = [str(CLASSIC_SCRIPT), f"{HOST}:0", "--authkey-env", AUTHKEY_ENV]
     argv += ["--ready-file", str(ready)]
     with _child("classic", argv, directory, _child_env(**{AUTHKEY_ENV: key})) as (proc, log):
@@ -395,6 +396,7 @@ def gateway(
     ``name`` names its ready file and log, so that several can run at once.
     """
     ready = directory / f"{name}.ready"
+    ready.unlink(missing_ok=True)  # from an earlier gateway of the same name
     argv = ["-m", "bench.ceiling_app", "--config", str(config), "--ready-file", str(ready)]
     env = _child_env(**{AUTHKEY_ENV: backend.authkey})
     with _child(name, argv, directory, env) as (proc, log):
@@ -474,13 +476,18 @@ class Relay:
 
 
 @contextlib.contextmanager
-def latency_relay(target: str, directory: Path, *, delay_ms: float = 0.5) -> Iterator[Relay]:
-    """A latency relay to ``target`` (``host:port``): ``delay_ms`` each way (:mod:`bench.relay`)."""
-    ready = directory / "relay.ready"
+def latency_relay(
+    target: str, directory: Path, *, delay_ms: float = 0.5, name: str = "relay"
+) -> Iterator[Relay]:
+    """A latency relay to ``target`` (``host:port``): ``delay_ms`` each way (:mod:`bench.relay`).
+
+    ``name`` names its ready file and log, so that several can run at once.
+    """
+    ready = directory / f"{name}.ready"
     ready.unlink(missing_ok=True)
     argv = ["-m", "bench.relay", "--target", target, "--ready-file", str(ready)]
     argv += ["--delay-ms", repr(delay_ms)]
-    with _child("relay", argv, directory, _child_env()) as (proc, log):
+    with _child(name, argv, directory, _child_env()) as (proc, log):
         yield Relay(proc, read_ready_file(ready, proc, log), log)
 
 
