@@ -24,6 +24,7 @@ from bench.chart import write_chart
 from bench.http import direct_round_trips, paced_direct, run_wrk
 from bench.load import load_rows
 from bench.report import comparison, print_table
+from bench.syscalls import parse_summary
 from bench.ws import calls_per_second
 
 pytestmark = pytest.mark.slow
@@ -146,3 +147,21 @@ def test_load_curve_rows(wrk: str, tmp_path: Path) -> None:
     for r in rows:
         assert 0 < r["curve"]["p50_ms"] <= r["curve"]["p99_ms"]
     _check_rows(rows, tmp_path)
+
+
+STRACE_SUMMARY = """\
+% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 73.02    0.040281           6      6062           write
+ 21.87    0.012066           2      4086        18 read
+  0.00    0.000002           2         1           mmap
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.055168           4     10149        18 total
+"""
+
+
+def test_syscalls_summary_is_parsed() -> None:
+    # strace -c's table, with and without an errors column; the total is left out.
+    assert parse_summary(STRACE_SUMMARY) == {"write": 6062, "read": 4086, "mmap": 1}
+    with pytest.raises(ValueError, match="no strace -c summary"):
+        parse_summary("strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted\n")
