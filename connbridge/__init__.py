@@ -50,6 +50,7 @@ __all__ = [
     "ProtocolError",
     "RefusedGlobal",
     "ResultError",
+    "StreamIdle",
     "connect",
     "parse_address",
     "start_server",
@@ -94,6 +95,7 @@ if TYPE_CHECKING:
         ProtocolError,
         RefusedGlobal,
         ResultError,
+        StreamIdle,
     )
     from .pool import Lease, Pool, PoolSettings
     from .server import start_server

@@ -97,6 +97,12 @@ class FrameProtocol(asyncio.Protocol):
         # server going away, and the pool wants to know at once, not at the
         # next checkout, when a request may already be on its way.
         self.watcher: Callable[[], None] | None = None
+        # Pipelined mode (Connection.start_pipelining): one future per request
+        # in flight, answered in order; a future already done (its caller
+        # timed out or went away) still takes its reply, which is dropped.
+        self.queue: deque[asyncio.Future[bytes]] | None = None
+        self.outbox: list[bytes | bytearray | memoryview] = []
+        self.on_reply: Callable[[], None] | None = None
         self.discarding = False
         self.discarded = 0
 
@@ -116,6 +122,9 @@ class FrameProtocol(asyncio.Protocol):
                 self.discarded += self.decoder.skip(data)
             return
         decoder = self.decoder
+        if self.queue is not None:
+            self._dispatch(data)
+            return
         waiter = self.waiter
         if (
             waiter is not None
@@ -145,8 +154,45 @@ class FrameProtocol(asyncio.Protocol):
             assert self.transport is not None
             self.transport.pause_reading()
 
+    def _dispatch(self, data: bytes) -> None:
+        """Pipelined mode: hand each whole frame to the oldest request in flight."""
+        decoder = self.decoder
+        queue = self.queue
+        assert queue is not None
+        decoder.feed(data)
+        while queue:
+            try:
+                frame = decoder.next_frame()
+            except ProtocolError as exc:
+                self._broken(exc)
+                return
+            if frame is None:
+                break
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(frame)
+            if self.on_reply is not None:
+                self.on_reply()
+        # A partial frame is owed to a request in flight and bounded by
+        # max_frame, so reading never pauses here; bytes with no request in
+        # flight are a frame nobody asked for.
+        if not queue and decoder.buffered and self.watcher is not None:
+            self.watcher()
+
+    def _fail_queue(self, exc: BaseException) -> None:
+        queue = self.queue
+        if not queue:
+            return
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+        if self.on_reply is not None:
+            self.on_reply()
+
     def eof_received(self) -> bool:
         self.eof = True
+        self._fail_queue(ConnectionClosed("the peer closed the connection"))
         self._wake(ConnectionClosed("the peer closed the connection"))
         self._notify_idle()
         return False
@@ -156,6 +202,7 @@ class FrameProtocol(asyncio.Protocol):
         if exc is not None and self.error is None:
             self.error = ConnectionClosed(f"connection lost: {exc}")
             self.error.__cause__ = exc
+        self._fail_queue(self.error or ConnectionClosed("the connection is closed"))
         self._wake(self.error or ConnectionClosed("the connection is closed"))
         self._notify_idle()
         if not self.lost.done():
@@ -189,6 +236,7 @@ class FrameProtocol(asyncio.Protocol):
         """The stream is in an unknown state: remember why and drop the transport."""
         if self.error is None:
             self.error = exc
+        self._fail_queue(exc)
         self._wake(exc)
         if self.transport is not None:
             self.transport.abort()
@@ -314,6 +362,77 @@ class Connection:
             else:
                 async with asyncio.timeout_at(deadline):
                     await self._drain()
+
+    def start_pipelining(self, on_reply: Callable[[], None] | None = None) -> None:
+        """Switch to pipelined exchanges: :meth:`submit` many, replies matched in order.
+
+        Only for a peer that answers every message with exactly one reply, in
+        order. ``on_reply`` is called whenever requests in flight are
+        answered or failed (a slot is free). :meth:`recv_bytes` is not used
+        in this mode.
+        """
+        stream = self._stream
+        if stream.waiter is not None or stream.decoder.buffered or stream.pushback:
+            raise RuntimeError("pipelining must start on a connection with nothing pending")
+        stream.queue = deque()
+        stream.on_reply = on_reply
+
+    @property
+    def in_flight(self) -> int:
+        """Pipelined requests not answered yet (those whose callers gave up included)."""
+        queue = self._stream.queue
+        return len(queue) if queue is not None else 0
+
+    def submit(self, data: bytes | bytearray | memoryview) -> asyncio.Future[bytes]:
+        """Pipelined mode: send one payload; the future gets its reply.
+
+        The frame is handed to the transport at the end of this loop
+        iteration, together with any other submitted meanwhile. If the
+        caller stops waiting (a timeout sets ``TimeoutError`` on the future,
+        or it is cancelled), the request keeps its place: its reply, when it
+        comes, is dropped, so every later reply still reaches its own
+        request. Raises :class:`ConnectionClosed` if the connection is closed
+        (then nothing was sent).
+        """
+        stream = self._stream
+        queue = stream.queue
+        if queue is None:
+            raise RuntimeError("submit() needs start_pipelining()")
+        if self.closed:
+            raise self._closed_error()
+        # Frames submitted in the same loop iteration are written together:
+        # one system call for a burst of calls instead of one each.
+        outbox = stream.outbox
+        if not outbox:
+            stream.loop.call_soon(self._flush)
+        outbox.append(frame_header(len(data)))
+        outbox.append(data)
+        waiter: asyncio.Future[bytes] = stream.loop.create_future()
+        queue.append(waiter)
+        return waiter
+
+    def _flush(self) -> None:
+        outbox = self._stream.outbox
+        if not outbox:
+            return
+        if not self._transport.is_closing():
+            self._transport.write(b"".join(outbox))
+        outbox.clear()
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the transport's write buffer is over its high-water mark."""
+        return self._stream.writing_paused
+
+    async def wait_writable(self, deadline: float | None = None) -> None:
+        """Wait until the write buffer drains below its high-water mark (``TimeoutError``)."""
+        if not self._stream.writing_paused:
+            return
+        if deadline is None:
+            await self._drain()
+        else:
+            async with asyncio.timeout_at(deadline):
+                await self._drain()
 
     async def recv_bytes(self, *, deadline: float | None = None) -> bytes:
         """Receive one payload; ``TimeoutError`` past the loop time ``deadline``.
@@ -471,7 +590,9 @@ class Connection:
         for payload in payloads:
             self._transport.write(frame_header(len(payload)) + payload)
 
-    async def authenticate(self, authkey: bytes, *, allow_md5: bool = True) -> None:
+    async def authenticate(
+        self, authkey: bytes, *, allow_md5: bool = True, legacy_digest: str = "md5"
+    ) -> None:
         """Run the client half of the handshake, with no time limit.
 
         :func:`connect` bounds it with ``handshake_timeout``; a pool runs it
@@ -480,7 +601,9 @@ class Connection:
         server's ``accept()`` fail. Raises :class:`HandshakeError` and
         :class:`~connbridge.errors.AuthenticationError`.
         """
-        await self.run_handshake(ClientHandshake(authkey, allow_md5=allow_md5))
+        await self.run_handshake(
+            ClientHandshake(authkey, allow_md5=allow_md5, legacy_digest=legacy_digest)
+        )
 
     async def run_handshake(self, handshake: ClientHandshake | ServerHandshake) -> None:
         """Drive either half of a handshake to its end, with no time limit.
@@ -530,7 +653,18 @@ async def open_stream(
 
     try:
         async with asyncio.timeout(connect_timeout):
-            if addr.family == "unix":
+            if addr.family == "unix" and addr.path.startswith("\0"):
+                # uvloop cannot connect to an abstract name by itself
+                # (MagicStack/uvloop#528): connect a plain socket, then hand it over.
+                plain = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    plain.setblocking(False)
+                    await loop.sock_connect(plain, addr.path)
+                except BaseException:
+                    plain.close()
+                    raise
+                _, stream = await loop.create_unix_connection(factory, sock=plain)
+            elif addr.family == "unix":
                 _, stream = await loop.create_unix_connection(factory, addr.path)
             else:
                 _, stream = await loop.create_connection(factory, addr.host, addr.port)
@@ -540,10 +674,10 @@ async def open_stream(
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise ConnectError(f"cannot connect to {addr}: {reason}") from exc
     if addr.family == "tcp":
-        sock = stream.transport.get_extra_info("socket") if stream.transport else None
-        if sock is not None:
+        raw = stream.transport.get_extra_info("socket") if stream.transport else None
+        if raw is not None:
             # Requests are small and latency-bound: never wait for Nagle.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return addr, stream
 
 

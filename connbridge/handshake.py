@@ -22,6 +22,12 @@ A legacy peer answers a modern message with a raw HMAC-MD5 of the whole
 message, and a modern verifier accepts that; both dialects are told apart by
 length alone (16 or 20 bytes is legacy), as CPython does.
 
+FIPS-patched Pythons (<= 3.11, where MD5 is disabled) speak the legacy
+dialect with HMAC-SHA256 instead: an unprefixed 32-byte answer, and the same
+expected for their 20-byte challenges. ``legacy_digest="sha256"`` speaks
+that variant: legacy challenges are answered with HMAC-SHA256, and an
+unprefixed 32-byte answer is checked as one.
+
 :class:`ClientHandshake` and :class:`ServerHandshake` are fed the payloads of
 received frames and return the payloads to send. They never see sockets and
 never include the authkey in an error.
@@ -39,6 +45,7 @@ __all__ = [
     "ALLOWED_DIGESTS",
     "CHALLENGE",
     "FAILURE",
+    "LEGACY_DIGESTS",
     "MAX_HANDSHAKE_MESSAGE",
     "WELCOME",
     "ClientHandshake",
@@ -57,6 +64,9 @@ ALLOWED_DIGESTS = frozenset({"md5", "sha256", "sha384", "sha3_256", "sha3_384"})
 
 _LEGACY_CHALLENGE_SIZE = 20
 _MD5_SIZE = 16
+_SHA256_SIZE = 32
+#: What ``legacy_digest`` may be: the stdlib's MD5, or the SHA-256 of FIPS builds.
+LEGACY_DIGESTS = ("md5", "sha256")
 _LEGACY_SIZES = (_LEGACY_CHALLENGE_SIZE, _MD5_SIZE)
 _MODERN_NONCE_SIZE = 40
 _MAX_DIGEST_NAME = max(len(name) for name in ALLOWED_DIGESTS)
@@ -67,10 +77,12 @@ def _preview(data: bytes) -> str:
     return repr(data[:32]) + ("..." if len(data) > 32 else "")
 
 
-def _split_digest(message: bytes) -> tuple[str, bytes]:
+def _split_digest(message: bytes, legacy_digest: str = "md5") -> tuple[str, bytes]:
     """Return ``(digest name, payload)``; the name is ``""`` for the legacy dialect."""
     if len(message) in _LEGACY_SIZES:
         return "", message
+    if legacy_digest == "sha256" and len(message) == _SHA256_SIZE and message[:1] != b"{":
+        return "", message  # the FIPS variant's unprefixed answer
     if message.startswith(b"{"):
         end = message.find(b"}", 1, _MAX_DIGEST_NAME + 2)
         if end > 0:
@@ -89,34 +101,47 @@ def _refuse_md5(role: str) -> AuthenticationError:
     )
 
 
-def create_response(authkey: bytes, message: bytes, *, allow_md5: bool = True) -> bytes:
+def create_response(
+    authkey: bytes, message: bytes, *, allow_md5: bool = True, legacy_digest: str = "md5"
+) -> bytes:
     """Answer a challenge ``message`` (without the ``#CHALLENGE#`` prefix).
 
-    A legacy message gets the raw HMAC-MD5; a ``{digest}`` message gets the
-    prefixed HMAC of the whole message with that digest.
+    A legacy message gets the raw HMAC with ``legacy_digest`` (MD5, or the
+    SHA-256 of FIPS builds); a ``{digest}`` message gets the prefixed HMAC of
+    the whole message with that digest.
     Raises :class:`AuthenticationError` for an unknown digest or, with
     ``allow_md5=False``, for an MD5 one.
     """
     name, _ = _split_digest(message)
-    if name in ("", "md5") and not allow_md5:
-        raise _refuse_md5("server")
     if not name:
-        return hmac.new(authkey, message, "md5").digest()
+        if legacy_digest == "md5" and not allow_md5:
+            raise _refuse_md5("server")
+        return hmac.new(authkey, message, legacy_digest).digest()
+    if name == "md5" and not allow_md5:
+        raise _refuse_md5("server")
     mac = hmac.new(authkey, message, name).digest()
     return b"{" + name.encode("ascii") + b"}" + mac
 
 
 def verify_response(
-    authkey: bytes, message: bytes, response: bytes, *, allow_md5: bool = True
+    authkey: bytes,
+    message: bytes,
+    response: bytes,
+    *,
+    allow_md5: bool = True,
+    legacy_digest: str = "md5",
 ) -> None:
     """Check a peer's ``response`` to our challenge ``message``, in constant time.
 
     The peer may pick any allowed digest: the MAC covers our ``{digest}``
-    prefix, so naming another one cannot weaken it. Raises
-    :class:`AuthenticationError` when the response is wrong or unsupported.
+    prefix, so naming another one cannot weaken it. An unprefixed answer is
+    legacy: HMAC-MD5 by its 16 bytes, or, with ``legacy_digest="sha256"``,
+    HMAC-SHA256 by its 32. Raises :class:`AuthenticationError` when the
+    response is wrong or unsupported.
     """
-    name, mac = _split_digest(response)
-    name = name or "md5"
+    name, mac = _split_digest(response, legacy_digest)
+    if not name:
+        name = "sha256" if len(mac) == _SHA256_SIZE and legacy_digest == "sha256" else "md5"
     if name == "md5" and not allow_md5:
         raise _refuse_md5("peer")
     expected = hmac.new(authkey, message, name).digest()
@@ -149,10 +174,15 @@ class _State(Enum):
 class _Handshake:
     """The four steps both halves share, in the order each side meets them."""
 
-    def __init__(self, authkey: bytes, *, allow_md5: bool, digest: str) -> None:
+    def __init__(
+        self, authkey: bytes, *, allow_md5: bool, digest: str, legacy_digest: str = "md5"
+    ) -> None:
         _check_key(authkey)
+        if legacy_digest not in LEGACY_DIGESTS:
+            raise ValueError(f"legacy_digest must be one of {LEGACY_DIGESTS}")
         self._authkey = authkey
         self._allow_md5 = allow_md5
+        self._legacy_digest = legacy_digest
         self._digest = digest
         self._message = b""
         self._state = _State.AWAIT_CHALLENGE
@@ -190,7 +220,12 @@ class _Handshake:
             self._fail(HandshakeError(f"challenge too short: {len(message)} bytes"))
             return b""
         try:
-            response = create_response(self._authkey, message, allow_md5=self._allow_md5)
+            response = create_response(
+                self._authkey,
+                message,
+                allow_md5=self._allow_md5,
+                legacy_digest=self._legacy_digest,
+            )
         except AuthenticationError as exc:
             self._fail(exc)
             return b""
@@ -200,7 +235,13 @@ class _Handshake:
 
     def _judge(self, frame: bytes) -> bytes:
         try:
-            verify_response(self._authkey, self._message, frame, allow_md5=self._allow_md5)
+            verify_response(
+                self._authkey,
+                self._message,
+                frame,
+                allow_md5=self._allow_md5,
+                legacy_digest=self._legacy_digest,
+            )
         except AuthenticationError as exc:
             self._fail(exc)
             return FAILURE
@@ -233,8 +274,15 @@ class ClientHandshake(_Handshake):
     payloads (a ``#FAILURE#`` verdict may be among them), then raise it.
     """
 
-    def __init__(self, authkey: bytes, *, allow_md5: bool = True, digest: str = "sha256") -> None:
-        super().__init__(authkey, allow_md5=allow_md5, digest=digest)
+    def __init__(
+        self,
+        authkey: bytes,
+        *,
+        allow_md5: bool = True,
+        digest: str = "sha256",
+        legacy_digest: str = "md5",
+    ) -> None:
+        super().__init__(authkey, allow_md5=allow_md5, digest=digest, legacy_digest=legacy_digest)
 
     def receive(self, frame: bytes) -> list[bytes]:
         """Consume one payload from the server; return the payloads to send."""

@@ -83,6 +83,7 @@ class Holder:
         "_owner",
         "conn",
         "created",
+        "exchanges",
         "last_used",
         "quiet_at",
         "replica",
@@ -97,6 +98,8 @@ class Holder:
         self._owner = owner
         self.created = now
         self.last_used = now
+        #: Exchanges completed on it (a failure on the first one says more).
+        self.exchanges = 0
         #: When it last sat through a quiet check (never: its first reply settles).
         self.quiet_at = -1e9 if replica.reuse is Reuse.UNPROVEN else now
         self.state = HolderState.IN_USE  # a new connection is handed out or offered
@@ -136,6 +139,7 @@ class Holder:
         """
         conn = self.conn
         replica = self.replica
+        self.exchanges += 1
         single_use = self._owner.single_use and not provable_end
         if conn.has_pending_input():
             if conn.peer_closed and not conn.has_unread_data():

@@ -112,6 +112,7 @@ from .errors import (
 )
 from .handshake import CHALLENGE
 from .holder import Holder, HolderState, Lease
+from .pipelining import Pipe
 from .pool_settings import PoolSettings
 from .replica import BACKOFF_BASE, Replica, ReplicaState, ReplicaView, Reuse
 from .streaming import ReplyStream
@@ -123,6 +124,10 @@ logger = logging.getLogger(__name__)
 
 # How often the housekeeping task looks for idle and expired connections.
 _HOUSEKEEPING_INTERVAL = 1.0
+# Failed tries after which an address of a host name that never answered is
+# set aside, while another address of that name works (a dual-stack name
+# with a server on one family only).
+_DORMANT_AFTER = 3
 #: Error kinds of a failed handshake (a wrong key, or none where one is needed).
 _HANDSHAKE_KINDS: Final = frozenset({"auth", "handshake", "handshake_timeout"})
 
@@ -191,6 +196,11 @@ class Pool:
         self._dumps = make_dumps(self.settings.pickle_protocol)
         self._replicas: dict[str, Replica[Holder]] = {}
         self._waiters: deque[asyncio.Future[Holder | None]] = deque()
+        # Pipelining (settings.pipeline > 1): the pipelined connections, and
+        # callers waiting for room on one.
+        self._depth = self.settings.pipeline if self.settings.replies == "one" else 1
+        self._pipes: list[Pipe[Replica[Holder]]] = []
+        self._pipe_waiters: deque[asyncio.Future[None]] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self._started = False
@@ -199,6 +209,8 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resolved_at = -1e9
         self._resolve_error: str | None = None
+        # Resolved addresses set aside (see _DORMANT_AFTER), by key.
+        self._dormant: set[str] = set()
         self._housekeeper: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
         # statistics
@@ -302,7 +314,11 @@ class Pool:
         self._housekeeper = self._loop.create_task(self._housekeeping())
         replicas = self._live_replicas()
         if replicas:
-            await self._open_soon(replicas[0], reason="start-up")
+            if self._depth > 1:
+                replicas[0].open_started()
+                await self.spawn(self._open_pipe(replicas[0]))
+            else:
+                await self._open_soon(replicas[0], reason="start-up")
 
     async def close(self, grace: float | None = None) -> None:
         """Refuse new calls, let calls in flight finish within ``grace``
@@ -325,15 +341,21 @@ class Pool:
         for replica in self._replicas.values():
             if replica.prober is not None:
                 replica.prober.cancel()
+        for pipe in self._pipes:
+            pipe.retiring = True
         while loop.time() < deadline:
             self._close_idle("shutdown")
-            if not any(r.busy for r in self._replicas.values()):
+            if not any(r.busy for r in self._replicas.values()) and not any(
+                p.in_flight for p in self._pipes
+            ):
                 break
             self._released.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(0.05, max(0.0, deadline - loop.time()))):
                     await self._released.wait()
         self._close_idle("shutdown")
+        for pipe in list(self._pipes):
+            self._close_pipe(pipe, "shutdown")
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
         # What is left past the grace is cancelled; its connections are aborted.
@@ -369,6 +391,8 @@ class Pool:
         loop = self._loop or asyncio.get_running_loop()
         budget = self.settings.call_timeout if timeout is None else timeout
         deadline = loop.time() + budget
+        if self._depth > 1:
+            return await self._call_pipelined(data, deadline, budget)
         holder = await self._acquire(deadline, budget)
         conn = holder.conn
         replica = holder.replica
@@ -391,6 +415,7 @@ class Pool:
             raise CallInterrupted(
                 f"backend {self.name} ({replica.address}) closed the connection during "
                 "the call; it may or may not have processed the request"
+                + self._protocol_hint(holder)
             ) from exc
         except ProtocolError:
             holder.close("error")
@@ -408,6 +433,17 @@ class Pool:
         except ConnbridgeError:
             self._count_error(replica, "pickle")
             raise
+
+    def _protocol_hint(self, holder: Holder) -> str:
+        """Why a server may drop a connection at its first request, when we can tell."""
+        protocol = self.settings.pickle_protocol
+        if holder.exchanges == 0 and holder.conn.peer_dialect == "legacy" and protocol > 2:
+            return (
+                f". The server used the legacy handshake, as Python 2 and <= 3.11 do; a "
+                f"Python 2 server cannot read pickle protocol {protocol}: set "
+                "pickle_protocol = 2 for this backend"
+            )
+        return ""
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -464,6 +500,223 @@ class Pool:
             holder.exchange_done(provable_end=True)
         else:
             holder.close("stream_end")
+
+    # pipelining
+
+    async def _call_pipelined(self, data: bytes, deadline: float, budget: float) -> object:
+        """One call on a pipelined connection (see :mod:`connbridge.pipelining`)."""
+        loop = self._loop or asyncio.get_running_loop()
+        pipe, waiter = await self._pipe_slot(data, deadline, budget)
+        replica = pipe.replica
+        replica.calls += 1
+        self._calls += 1
+        timer = loop.call_at(deadline, expire, waiter)
+        try:
+            reply = await waiter
+        except TimeoutError:
+            # Its place in the queue stays taken until the late reply comes.
+            self._count_error(replica, "timeout")
+            raise CallTimeout(
+                f"backend {self.name} ({replica.address}) did not answer within {budget} s"
+            ) from None
+        except ConnectionClosed as exc:
+            self._count_error(replica, "interrupted")
+            raise CallInterrupted(
+                f"backend {self.name} ({replica.address}) closed the connection during "
+                "the call; it may or may not have processed the request"
+            ) from exc
+        except ProtocolError:
+            self._count_error(replica, "protocol")
+            raise
+        except BaseException:
+            self._count_error(replica, "cancelled")
+            raise
+        finally:
+            timer.cancel()
+        try:
+            return self._loads(reply)
+        except ConnbridgeError:
+            self._count_error(replica, "pickle")
+            raise
+
+    async def _pipe_slot(
+        self, data: bytes, deadline: float, budget: float
+    ) -> tuple[Pipe[Replica[Holder]], asyncio.Future[bytes]]:
+        """Wait for room on a pipelined connection and send the request there."""
+        loop = self._loop or asyncio.get_running_loop()
+        started = loop.time()
+        acquire_deadline = min(deadline, started + self.settings.acquire_timeout)
+        waited = False
+        try:
+            while True:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name} is closed")
+                pipe = self._roomiest_pipe()
+                if pipe is not None:
+                    conn = pipe.conn
+                    if conn.writing_paused:
+                        try:
+                            await conn.wait_writable(acquire_deadline)
+                        except TimeoutError:
+                            raise self._exhausted(budget) from None
+                        continue  # look again: the pipe may be gone or full meanwhile
+                    try:
+                        return pipe, conn.submit(data)
+                    except ConnectionClosed:
+                        self._pipe_gone(pipe)  # nothing was sent: another pipe may do
+                        continue
+                self._grow_pipes()
+                if not self._has_hope():
+                    raise self._unavailable()
+                if len(self._pipe_waiters) >= self.settings.max_waiters:
+                    self._errors["overloaded"] += 1
+                    raise PoolOverloaded(
+                        f"backend {self.name}: {len(self._pipe_waiters)} callers already wait"
+                    )
+                waited = True
+                room: asyncio.Future[None] = loop.create_future()
+                self._pipe_waiters.append(room)
+                timer = loop.call_at(acquire_deadline, expire, room)
+                try:
+                    await room
+                except TimeoutError:
+                    limit = (
+                        budget if acquire_deadline >= deadline else self.settings.acquire_timeout
+                    )
+                    raise self._exhausted(limit) from None
+                finally:
+                    timer.cancel()
+                    with contextlib.suppress(ValueError):
+                        self._pipe_waiters.remove(room)
+        finally:
+            if waited:
+                spent = loop.time() - started
+                self._waits += 1
+                self._wait_total += spent
+                self._wait_max = max(self._wait_max, spent)
+
+    def _roomiest_pipe(self) -> Pipe[Replica[Holder]] | None:
+        """The usable pipe with the fewest requests in flight, if one has room.
+
+        Calls spread over the open pipes; a new pipe opens only when every
+        open one is full (see :meth:`_grow_pipes`), which keeps the count of
+        connections low for servers that serve one at a time.
+        """
+        depth = self._depth
+        best: Pipe[Replica[Holder]] | None = None
+        for pipe in self._pipes:
+            if (
+                pipe.has_room(depth)
+                and not pipe.replica.stale
+                and (best is None or pipe.in_flight < best.in_flight)
+            ):
+                best = pipe
+        return best
+
+    def _grow_pipes(self) -> None:
+        if self._closed:
+            return
+        limit = self.settings.max_connections
+        candidates = [r for r in self._live_replicas() if r.can_grow(limit)]
+        if not candidates:
+            return
+        replica = min(candidates, key=lambda r: (r.established, r.failures))
+        replica.open_started()
+        self.spawn(self._open_pipe(replica))
+
+    async def _open_pipe(self, replica: Replica[Holder]) -> None:
+        try:
+            conn = await self._connect(replica, pooled=True, reserved=True)
+        except (ConnbridgeError, OSError) as exc:
+            logger.debug("backend %s: opening a pipelined connection failed: %s", self.name, exc)
+            self._wake_pipe_waiters()
+            return
+        self._adopt(conn, replica, pipelined=True)
+
+    def _adopt_pipe(self, conn: Connection, replica: Replica[Holder]) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        pipe: Pipe[Replica[Holder]] = Pipe(conn, replica, loop.time())
+
+        def answered() -> None:
+            pipe.last_used = loop.time()
+            if conn.closed:
+                self._pipe_gone(pipe)
+            elif pipe.retiring and pipe.in_flight == 0:
+                self._close_pipe(pipe, "make_room" if replica.stalled else "retired")
+            else:
+                self._wake_pipe_waiters(1)
+
+        def stray() -> None:
+            if pipe.in_flight:
+                return
+            if conn.has_unread_data():
+                # A frame nobody asked for: this backend breaks the contract
+                # pipelining needs. Stop pipelining on the whole pool.
+                replica.reuse = Reuse.NEVER
+                self.count_violation(replica)
+                logger.warning(
+                    "backend %s: %s sent a reply nobody asked for; pipelining is "
+                    "turned off and its connections are no longer reused",
+                    self.name,
+                    replica.address,
+                )
+                self._depth = 1
+                self._close_pipe(pipe, "stray_reply")
+                for other in list(self._pipes):
+                    other.retiring = True
+                    if other.in_flight == 0:
+                        self._close_pipe(other, "no_reuse")
+            else:
+                self._pipe_gone(pipe)
+
+        conn.start_pipelining(answered)
+        conn.watch(stray)
+        self._pipes.append(pipe)
+        self._opened += 1
+        if self._closed:
+            self._close_pipe(pipe, "shutdown")
+            return
+        if replica.must_make_room():
+            self._retire_one_pipe(replica)
+        self._wake_pipe_waiters()
+
+    def _retire_one_pipe(self, replica: Replica[Holder]) -> None:
+        """A silent handshake waits behind our pipes: let the least busy one end."""
+        mine = [p for p in self._pipes if p.replica is replica and not p.retiring]
+        if len(mine) <= 1 and replica.stalled == 0:
+            return
+        pipe = min(mine, key=lambda p: p.in_flight, default=None)
+        if pipe is None:
+            return
+        pipe.retiring = True
+        if pipe.in_flight == 0:
+            self._close_pipe(pipe, "make_room")
+
+    def _pipe_gone(self, pipe: Pipe[Replica[Holder]]) -> None:
+        """The server closed a pipelined connection (its calls in flight failed)."""
+        self._close_pipe(pipe, "idle_eof" if pipe.in_flight == 0 else "error")
+
+    def _close_pipe(self, pipe: Pipe[Replica[Holder]], reason: str) -> None:
+        if pipe.closed:
+            return
+        pipe.closed = True
+        with contextlib.suppress(ValueError):
+            self._pipes.remove(pipe)
+        pipe.conn.watch(None)
+        pipe.replica.closed()
+        self.count_close(reason)
+        self.spawn(pipe.conn.close(timeout=self.settings.drain_timeout))
+        self._released.set()
+        self._wake_pipe_waiters()
+
+    def _wake_pipe_waiters(self, count: int | None = None) -> None:
+        woken = 0
+        for room in self._pipe_waiters:
+            if not room.done():
+                room.set_result(None)
+                woken += 1
+                if count is not None and woken >= count:
+                    return
 
     def _abandon(self, holder: Holder) -> None:
         """An exchange whose reply may still come: drain it, or close when never reused."""
@@ -547,6 +800,18 @@ class Pool:
         if self.ready:
             return True
         loop = self._loop or asyncio.get_running_loop()
+        if self._depth > 1:
+            if not self._pipes:
+                self._grow_pipes()
+                room: asyncio.Future[None] = loop.create_future()
+                self._pipe_waiters.append(room)
+                timer = loop.call_at(loop.time() + timeout, expire, room)
+                with contextlib.suppress(TimeoutError):
+                    await room
+                timer.cancel()
+                with contextlib.suppress(ValueError):
+                    self._pipe_waiters.remove(room)
+            return self.ready
         try:
             holder = await self._acquire(loop.time() + timeout, timeout)
         except ConnbridgeError:
@@ -583,7 +848,7 @@ class Pool:
             "name": self.name,
             "open": sum(r.established for r in replicas),
             "idle": sum(len(r.idle) for r in replicas),
-            "in_use": sum(r.in_use for r in replicas),
+            "in_use": sum(r.in_use for r in replicas) + sum(p.in_flight for p in self._pipes),
             "draining": sum(r.draining for r in replicas),
             "opening": sum(r.opening for r in replicas),
             "stalled_handshakes": sum(r.stalled for r in replicas),
@@ -736,6 +1001,9 @@ class Pool:
         for replica in self._replicas.values():
             while replica.idle:
                 replica.idle[0].close(reason)
+        for pipe in list(self._pipes):
+            if pipe.retiring and pipe.in_flight == 0:
+                self._close_pipe(pipe, reason)
 
     def _fail_waiters(self, exc: ConnbridgeError) -> None:
         while self._waiters:
@@ -758,6 +1026,8 @@ class Pool:
     def _has_hope(self) -> bool:
         """Is there any connection, or attempt, that may yet serve a waiter?"""
         now = time.monotonic()
+        if self._pipes:
+            return True
         for r in self._replicas.values():
             if r.may_serve:
                 return True
@@ -785,9 +1055,36 @@ class Pool:
             logger.info("backend %s: %s is up again", self.name, replica.address)
             self._wake_waiters()
 
+    def _set_aside(self, replica: Replica[Holder]) -> bool:
+        """Drop a resolved address that never answered while a sibling works; True if so."""
+        if (
+            replica.source == replica.address
+            or replica.ever_up
+            or replica.failures < _DORMANT_AFTER
+            or not any(
+                r.source == replica.source and r.state is ReplicaState.UP and not r.stale
+                for r in self._replicas.values()
+            )
+        ):
+            return False
+        key = str(replica.address)
+        self._dormant.add(key)
+        replica.stale = True
+        logger.info(
+            "backend %s: %s (from %s) never answered in %d tries while another address of "
+            "that name works; it is left out until the name's addresses change",
+            self.name,
+            replica.address,
+            replica.source,
+            replica.failures,
+        )
+        return True
+
     def _mark_down(self, replica: Replica[Holder], exc: BaseException, kind: str) -> None:
         delay = replica.mark_down(str(exc), kind, auth=isinstance(exc, AuthenticationError))
         self._errors[kind] += 1
+        if self._set_aside(replica):
+            return
         logger.warning(
             "backend %s: %s is down (%s); next try in %.1f s",
             self.name,
@@ -856,8 +1153,17 @@ class Pool:
         self._adopt(conn, replica)
         self._grow()
 
-    def _adopt(self, conn: Connection, replica: Replica[Holder]) -> None:
-        """A new authenticated connection (already counted as established) joins the pool."""
+    def _adopt(
+        self, conn: Connection, replica: Replica[Holder], *, pipelined: bool = False
+    ) -> None:
+        """A new authenticated connection (already counted as established) joins the pool.
+
+        ``pipelined``: it becomes a pipelined connection for :meth:`call`;
+        otherwise a holder, for a waiting caller or the idle list.
+        """
+        if pipelined:
+            self._adopt_pipe(conn, replica)
+            return
         self._opened += 1
         holder = Holder(conn, replica, self, time.monotonic())
         self.came_back(holder)
@@ -896,7 +1202,9 @@ class Pool:
                 self._mark_up(replica)
                 return conn
             handshake = asyncio.ensure_future(
-                conn.authenticate(self._authkey, allow_md5=s.allow_md5)
+                conn.authenticate(
+                    self._authkey, allow_md5=s.allow_md5, legacy_digest=s.legacy_digest
+                )
             )
             done, _ = await asyncio.wait({handshake}, timeout=s.handshake_timeout)
             if not done:
@@ -962,6 +1270,10 @@ class Pool:
         working = replica.established > 0
         known = replica.capacity
         replica.stall_started()
+        if replica.idle:
+            replica.idle[0].close("make_room")  # the server is free to reach the new one
+        elif self._depth > 1:
+            self._retire_one_pipe(replica)
         error: ConnbridgeError
         if working:
             # The address works but does not take another connection now: a
@@ -1010,7 +1322,9 @@ class Pool:
             established = False
         replica.stall_ended(established=established)
         if established:
-            self._adopt(conn, replica)
+            # A pipelined pool's calls need a pipe, unless a caller of a
+            # whole connection (a stream, a lease) waits for one.
+            self._adopt(conn, replica, pipelined=self._depth > 1 and not self._waiters)
             self._grow()
 
     # housekeeping
@@ -1033,6 +1347,18 @@ class Pool:
                         holder.close("stale")
                     elif holder.conn.has_pending_input():
                         holder.close("idle_eof")
+            loop_now = (self._loop or asyncio.get_running_loop()).time()
+            for pipe in list(self._pipes):
+                if pipe.in_flight:
+                    continue
+                if loop_now - pipe.created > s.max_lifetime:
+                    self._close_pipe(pipe, "lifetime")
+                elif loop_now - pipe.last_used > s.idle_timeout:
+                    self._close_pipe(pipe, "idle")
+                elif pipe.replica.stale:
+                    self._close_pipe(pipe, "stale")
+                elif pipe.replica.must_make_room():
+                    self._close_pipe(pipe, "make_room")
             for replica in self._live_replicas():
                 if replica.needs_liveness_check(now, s.readiness_interval):
                     replica.open_started()
@@ -1098,6 +1424,19 @@ class Pool:
                 resolved = Address("tcp", host=str(sockaddr[0]), port=int(sockaddr[1]))
                 found[str(resolved)] = (resolved, configured)
         self._resolve_error = "; ".join(errors) or None
+        if self._dormant:
+            # Set aside only while the name still resolves to a working sibling.
+            working = {
+                str(r.source)
+                for r in self._replicas.values()
+                if r.state is ReplicaState.UP and not r.stale
+            }
+            self._dormant &= set(found)
+            for key in list(self._dormant):
+                if str(found[key][1]) in working:
+                    del found[key]
+                else:
+                    self._dormant.discard(key)
         for key, (resolved, source) in found.items():
             existing = self._replicas.get(key)
             if existing is None:

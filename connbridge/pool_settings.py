@@ -85,6 +85,12 @@ def _replies(value: object) -> str | None:
     return None
 
 
+def _legacy_digest(value: object) -> str | None:
+    if value not in ("md5", "sha256"):
+        return 'must be "md5" or "sha256"'
+    return None
+
+
 def _checked(default: Any, check: Callable[[object], str | None]) -> Any:
     return field(default=default, metadata={_CHECK: check})
 
@@ -119,6 +125,9 @@ class PoolSettings:
     max_draining: int = _checked(4, _count)
     #: ``"one"`` reply per message, or ``"many"`` (see :mod:`connbridge.pool`).
     replies: Literal["one", "many"] = _checked("one", _replies)
+    #: Requests in flight on one connection, answered in order (1: one at a time).
+    #: Only for backends that answer every message exactly once, in order.
+    pipeline: int = 1
     #: Quiet time after a reply that shows whether more replies follow.
     settle_time: float = 0.05
     #: How often each connection sits through that quiet time again under load.
@@ -132,6 +141,9 @@ class PoolSettings:
     dns_interval: float = 5.0
     max_frame: int = DEFAULT_MAX_FRAME
     allow_md5: bool = True
+    #: The legacy handshake's HMAC: ``"md5"`` (the stdlib), or ``"sha256"`` for
+    #: FIPS-patched Pythons, which answer it with an unprefixed SHA-256.
+    legacy_digest: Literal["md5", "sha256"] = _checked("md5", _legacy_digest)
     pickle_protocol: int = _checked(4, _pickle_protocol)
     #: Extra ``"module:qualname"`` entries for the unpickler's allowlist.
     allowlist: tuple[str, ...] = _checked((), _allowlist)

@@ -103,6 +103,7 @@ class Replica(Generic[H]):
         "ejected_until",
         "error_kind",
         "errors",
+        "ever_up",
         "failures",
         "idle",
         "last_error",
@@ -122,6 +123,8 @@ class Replica(Generic[H]):
         self.state = ReplicaState.UNKNOWN
         self.reuse = Reuse.UNPROVEN
         self.capacity: int | None = None
+        #: True once a connection here has worked at all.
+        self.ever_up = False
         self.failures = 0
         self.ejected_until = 0.0
         self.last_error: str | None = None
@@ -303,6 +306,7 @@ class Replica(Generic[H]):
     def mark_up(self) -> bool:
         """Record a working connection; True if the address was down."""
         self.alive_at = time.monotonic()
+        self.ever_up = True
         was_down = self.state is ReplicaState.DOWN
         self.state = ReplicaState.UP
         self.failures = 0

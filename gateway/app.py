@@ -31,7 +31,7 @@ from .routes import backends, compute, health, metrics, ws
 from .settings import Settings, load_settings
 from .state import GatewayState
 
-__all__ = ["app_from_environment", "create_app"]
+__all__ = ["app_from_environment", "create_app", "package_version"]
 
 _DESCRIPTION = """\
 An HTTP gateway to Python `multiprocessing.connection` Listener servers:
@@ -66,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(
         title="connbridge gateway",
-        version=_version(),
+        version=package_version(),
         description=_DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,
@@ -111,7 +111,8 @@ def app_from_environment() -> FastAPI:
     return create_app(load_settings())
 
 
-def _version() -> str:
+def package_version() -> str:
+    """The installed connbridge's version ("0" when it runs from a bare checkout)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

@@ -56,7 +56,7 @@ from pydantic import SecretStr
 
 from connbridge.addresses import Address
 
-from .app import create_app
+from .app import create_app, package_version
 from .log import configure_logging
 from .openapi_file import DEFAULT_OUTPUT, write_openapi
 from .settings import (
@@ -137,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format", choices=["text", "json"], help="default: [gateway] log_format, text"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     return parser
 
 
@@ -304,6 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             with _demo_backend(settings) as with_demo:
                 return _serve(with_demo, host, port)
         if not settings.backends:
+            if args.config or os.environ.get(CONFIG_ENV):
+                where = args.config or os.environ[CONFIG_ENV]
+                raise _UsageError(
+                    f"{where} configures no backend: add a [backends.NAME] table with an "
+                    "address (or set CONNBRIDGE_BACKENDS__NAME__ADDRESS), or pass --demo"
+                )
             raise _UsageError(
                 f"no backends configured: pass --config PATH (or set {CONFIG_ENV}) or --demo"
             )

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -75,12 +76,25 @@ def _content_security_policy(html: str) -> str:
     return "; ".join(directives)
 
 
+#: Types the standard library's table may not know, so that a browser shows
+#: the file (the AsyncAPI document linked from /docs) instead of downloading it.
+_MEDIA_TYPES: Final = {".yaml": "application/yaml", ".yml": "application/yaml"}
+
+
 class _Assets(StaticFiles):
     """The shipped files, counted in the metrics and access log under the route ``/static``."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         set_route(scope, STATIC_PATH)
         await super().__call__(scope, receive, send)
+
+    def file_response(self, full_path: Any, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(full_path, *args, **kwargs)
+        media_type = _MEDIA_TYPES.get(os.path.splitext(str(full_path))[1])
+        if media_type is not None:
+            response.media_type = media_type
+            response.headers["content-type"] = f"{media_type}; charset=utf-8"
+        return response
 
 
 def _page(html: HTMLResponse) -> HTMLResponse:

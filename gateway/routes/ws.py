@@ -88,6 +88,8 @@ class WebSocketHub:
         self.state = state
         self.settings = state.settings.websocket
         self._gauge = state.metrics.websocket_connections
+        for endpoint in (CALLS_ROUTE, SESSION_ROUTE):
+            self._gauge.labels(endpoint)  # exported at 0 before the first socket
         #: Open sockets by route template.
         self.sockets: Counter[str] = Counter()
         #: Open sessions by backend.

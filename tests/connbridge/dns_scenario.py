@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -117,7 +118,47 @@ async def scenario(hosts_file: str, port: int, pids: dict[str, int]) -> dict[str
         report["pids_on_failure"] = sorted(await pids_answering(pool, 4))
     finally:
         await pool.close()
+    report["set_aside"] = await set_aside(hosts_file, port)
     return report
+
+
+async def set_aside(hosts_file: str, port: int) -> dict[str, object]:
+    """A name with a second address that nothing listens on (a dual-stack name, say)."""
+    point_name_at(hosts_file, ["127.0.0.3", "127.0.0.9"])
+    settings = PoolSettings(max_connections=2, dns_interval=0.2, connect_timeout=0.5)
+    pool = Pool(f"{NAME}:{port}", authkey=KEY, settings=settings)
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "127.0.0.9" in record.getMessage():
+                lines.append(f"{record.levelname} {record.getMessage()}")
+
+    handler = Collect()
+    logging.getLogger("connbridge.pool").addHandler(handler)
+    logging.getLogger("connbridge.pool").setLevel(logging.INFO)
+    await pool.start()
+    try:
+        started = time.monotonic()
+        while f"127.0.0.9:{port}" in await targets(pool):
+            if time.monotonic() - started > 60:
+                raise TimeoutError("the silent address was never set aside")
+            await pids_answering(pool, 2)
+            await asyncio.sleep(0.05)
+        # It stays out, and quiet, across further resolutions and calls.
+        settled = len(lines)
+        for _ in range(10):
+            await pids_answering(pool, 2)
+            await asyncio.sleep(0.1)
+        return {
+            "targets": sorted(await targets(pool)),
+            "lines": lines,
+            "lines_after": len(lines) - settled,
+            "errors": pool.stats()["errors"],
+        }
+    finally:
+        await pool.close()
+        logging.getLogger("connbridge.pool").removeHandler(handler)
 
 
 def main() -> int:

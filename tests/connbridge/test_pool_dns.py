@@ -59,3 +59,13 @@ def test_a_name_that_stops_resolving_keeps_its_last_addresses(report) -> None:
     assert report["resolve_error"].startswith("cannot resolve replicas.connbridge.test")
     assert report["kept_on_failure"] == [f"127.0.0.3:{port}"]
     assert report["pids_on_failure"] == [report["pids"]["127.0.0.3"]]
+
+
+def test_an_address_of_the_name_that_never_answers_is_set_aside_quietly(report) -> None:
+    aside = report["set_aside"]
+    port = report["first"][0].rsplit(":", 1)[1]
+    assert aside["targets"] == [f"127.0.0.3:{port}"]
+    # A bounded number of warnings, then one line saying it is left out; then silence.
+    assert sum("left out" in line for line in aside["lines"]) == 1
+    assert len(aside["lines"]) <= 4, aside["lines"]
+    assert aside["lines_after"] == 0

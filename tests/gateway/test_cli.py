@@ -21,6 +21,7 @@ import httpx
 import pytest
 from gateway_support import key_file, sha256_hex, wait_until
 
+from gateway.app import package_version
 from gateway.cli import exposure_problem, is_loopback_host
 from gateway.settings import Settings
 
@@ -144,7 +145,15 @@ def test_config_from_environment_and_missing_backends(tmp_path):
     path.write_text("[gateway]\nport = 0\n")
     result = run_cli(env=child_env(CONNBRIDGE_CONFIG=str(path)))
     assert result.returncode == 2
-    assert "no backends configured" in result.stderr
+    # The file was given: the message says what it lacks, not to give one.
+    assert f"{path} configures no backend: add a [backends.NAME] table" in result.stderr
+    assert "pass --config" not in result.stderr
+    result = run_cli("--config", str(path))
+    assert result.returncode == 2
+    assert f"{path} configures no backend" in result.stderr
+    result = run_cli(env=child_env())
+    assert result.returncode == 2
+    assert "no backends configured: pass --config PATH" in result.stderr
     result = run_cli("--config", str(tmp_path / "absent.toml"))
     assert result.returncode == 2
     assert "absent.toml: cannot read the file" in result.stderr
@@ -308,3 +317,10 @@ def test_the_server_process_tunes_the_garbage_collector(request: pytest.FixtureR
     # What was alive at start-up is no longer scanned; young collections are rarer.
     assert gc.get_freeze_count() > 1000
     assert gc.get_threshold() == (20_000, *threshold[1:])
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"connbridge-gateway {package_version()}"
+    assert package_version() != "0"  # the project is installed (make install)

@@ -334,3 +334,15 @@ async def test_compute_on_a_many_reply_backend_says_later_replies_are_discarded(
     async with serve_gateway(single) as gw:
         response = await gw.client.post("/compute", json={"payload": [1, 2]})
         assert "connbridge-extra-replies" not in response.headers
+
+
+async def test_compute_on_a_pipelined_classic_server(classic, tmp_path):
+    config = backend_config(classic, tmp_path, pipeline=32, max_connections=1)
+    async with serve_gateway({"backends": {"classic": config}}) as gw:
+        responses = await asyncio.gather(
+            *(gw.client.post("/compute", json={"payload": [i, 1000]}) for i in range(200))
+        )
+        assert [r.json()["result"] for r in responses] == [i + 1000 for i in range(200)]
+        stats = gw.state.backends["classic"].running_pool().stats()
+        assert stats["open"] == 1 and stats["errors"] == {}
+    assert classic.alive()

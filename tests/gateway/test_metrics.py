@@ -71,3 +71,10 @@ async def test_each_app_has_its_own_registry(demo, tmp_path):
         assert 'route="/compute"' not in text
         assert "# TYPE connbridge_websocket_connections gauge" in text
         assert one.state.metrics.registry is not two.state.metrics.registry
+
+
+async def test_the_websocket_gauge_is_exported_before_the_first_socket(demo, tmp_path):
+    async with serve_gateway({"backends": {"demo": backend_config(demo, tmp_path)}}) as gw:
+        text = (await gw.client.get("/metrics")).text
+    assert 'connbridge_websocket_connections{endpoint="/ws"} 0.0' in text
+    assert 'connbridge_websocket_connections{endpoint="/ws/session/{backend}"} 0.0' in text

@@ -515,3 +515,11 @@ def test_websocket_settings_from_file_and_environment(tmp_path, monkeypatch):
         load_settings(path)
     assert "websocket.max_in_flights: unknown key" in str(info.value)
     assert "websocket.send_queue: " in str(info.value)
+
+
+async def test_the_asyncapi_document_is_served_as_yaml_text(demo, tmp_path):
+    async with serve_gateway(config(demo, tmp_path)) as gw:
+        response = await gw.client.get("/static/asyncapi.yaml")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/yaml; charset=utf-8"
+    assert response.text.startswith("asyncapi:") or "asyncapi:" in response.text[:200]
