@@ -11,7 +11,8 @@ process (every thread), makes a fixed number of calls and detaches:
 * ``/ws``, ``N`` calls ``{"id": n, "payload": [5, 6]}`` with 64 in flight on
   one socket (:func:`bench.ws.calls_per_second`).
 
-It prints a Markdown table of the system calls per call of each path (those
+``--pipeline N`` sets the backend's ``pipeline`` (a gateway that has the
+key). It prints a Markdown table of the system calls per call of each path (those
 of at least 0.01 per call on either path, then the total), ready to paste.
 strace slows every system call down a lot, so more requests queue between
 two wake-ups of the event loop than without it: the counts are for this
@@ -138,6 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.syscalls", description=__doc__)
     parser.add_argument("--calls", type=int, default=5000, help="calls per path (default 5000)")
     parser.add_argument("--raw", action="store_true", help="also print strace's raw counts")
+    parser.add_argument(
+        "--pipeline",
+        type=int,
+        metavar="N",
+        help="set the demo backend's pipeline = N (default: the gateway's default)",
+    )
     args = parser.parse_args(argv)
     if args.calls < 100:
         parser.error("--calls must be at least 100")
@@ -149,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrk = find_wrk()
     per_call: dict[str, dict[str, float]] = {}
     with workdir() as directory, demo_backend() as backend:
-        config = write_config(directory, backend, log_level="warning")
+        options = "" if args.pipeline is None else f"pipeline = {args.pipeline}\n"
+        config = write_config(directory, backend, log_level="warning", options=options)
         body = directory / "compute.json"
         body.write_bytes(b'{"payload": [5, 6]}')
         with gateway(config, backend, directory) as server:
