@@ -53,6 +53,7 @@ __all__ = [
     "direct_round_trips",
     "large_rows",
     "latency_rows",
+    "percentile",
     "run_wrk",
     "throughput_rows",
 ]
@@ -206,7 +207,7 @@ def throughput_rows(
     ]
 
 
-def _percentile(sorted_values: list[float], fraction: float) -> float:
+def percentile(sorted_values: list[float], fraction: float) -> float:
     """The nearest-rank percentile (wrk reports the same kind)."""
     rank = max(1, round(fraction * len(sorted_values)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
@@ -235,7 +236,7 @@ def paced_direct(backend: Backend, rate: float, seconds: float) -> tuple[float, 
                 raise RuntimeError("the demo backend answered [5, 6] wrongly")
             latencies.append((time.perf_counter() - sent) * 1000)
     latencies.sort()
-    return _percentile(latencies, 0.50), _percentile(latencies, 0.99)
+    return percentile(latencies, 0.50), percentile(latencies, 0.99)
 
 
 def latency_rows(
