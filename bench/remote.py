@@ -173,6 +173,9 @@ def classic_rows(
             server.check_alive()
             for side in configs:
                 rates[side].append(gateway_run(side))
+        # The last gateway has gone too: the server must still serve a new client.
+        direct_round_trips(remote, 10)
+        server.check_alive()
     name = f"{LINK}, classic 1-connection server"
     load = f"wrk {CONNECTIONS} connections"
     of = f"{seconds:g} s runs ({direct_calls} calls direct)"
