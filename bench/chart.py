@@ -109,7 +109,7 @@ def _draw_curve(axes: Any, rows: list[dict[str, Any]], title: str) -> None:
         latency.plot(connections, values, style, color=colour, label=key.replace("_ms", ""))
         for x, value in zip(connections, values, strict=True):
             latency.annotate(
-                f"{value:.2g}",
+                _short(value),
                 (x, value),
                 textcoords="offset points",
                 xytext=(4, 4),
