@@ -4,7 +4,7 @@ Environment (see bench/README.md for every size knob):
 
 ``BENCH_ROWS``
     Comma-separated groups to run, default all:
-    ``core,http,latency,ws,stream,large,memory,manager``.
+    ``core,http,latency,load,ws,stream,large,memory,manager,remote``.
 ``BENCH_QUICK=1``
     Small sizes everywhere, for a smoke run of a minute or so; any
     ``BENCH_<KNOB>`` still wins. The results are not worth committing.
@@ -21,7 +21,18 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-GROUPS = ("core", "http", "latency", "ws", "stream", "large", "memory", "manager")
+GROUPS = (
+    "core",
+    "http",
+    "latency",
+    "load",
+    "ws",
+    "stream",
+    "large",
+    "memory",
+    "manager",
+    "remote",
+)
 #: Sizes of the lead's core rows under BENCH_QUICK (they read their own variables).
 _QUICK_CORE = {"BENCH_ROUND_TRIPS": "1000", "BENCH_POOL_CALLS": "4000"}
 
@@ -85,15 +96,16 @@ def main() -> int:
     )
 
     log_level = os.environ.get("BENCH_LOG_LEVEL", "warning")
-    wrk = find_wrk() if set(groups) & {"http", "latency", "large", "memory", "manager"} else None
+    wrk = find_wrk() if set(groups) - {"core", "ws", "stream"} else None
     rows: list[dict[str, Any]] = []
     if "core" in groups:
         print("core rows ...", file=sys.stderr, flush=True)
         rows += core_rows()
     with workdir() as directory, demo_backend() as backend:
         config = write_config(directory, backend, log_level=log_level)
-        if set(groups) & {"http", "latency", "ws", "stream", "large"}:
+        if set(groups) & {"http", "latency", "load", "ws", "stream", "large"}:
             from .http import large_rows, latency_rows, throughput_rows
+            from .load import load_rows
             from .stream import stream_rows
             from .ws import ws_rows
 
@@ -107,6 +119,10 @@ def main() -> int:
                     print("latency rows ...", file=sys.stderr, flush=True)
                     assert wrk is not None
                     rows += latency_rows(wrk, server, backend, directory)
+                if "load" in groups:
+                    print("load curve rows ...", file=sys.stderr, flush=True)
+                    assert wrk is not None
+                    rows += load_rows(wrk, server, directory)
                 if "ws" in groups:
                     print("websocket rows ...", file=sys.stderr, flush=True)
                     with echo_server(directory) as echo:
@@ -131,6 +147,12 @@ def main() -> int:
             print("manager rows ...", file=sys.stderr, flush=True)
             assert wrk is not None
             rows += manager_rows(wrk, directory, log_level=log_level)
+        if "remote" in groups:
+            from .remote import remote_rows
+
+            print("remote rows (through the latency relay) ...", file=sys.stderr, flush=True)
+            assert wrk is not None
+            rows += remote_rows(wrk, backend, directory)
     seconds = time.monotonic() - started
     print_table(rows)
     results = write_results(

@@ -49,9 +49,11 @@ from .servers import Backend, Server, http_call, knob
 
 __all__ = [
     "WrkRun",
+    "check_answer",
     "direct_round_trips",
     "large_rows",
     "latency_rows",
+    "percentile",
     "run_wrk",
     "throughput_rows",
 ]
@@ -133,7 +135,7 @@ def run_wrk(
     return WrkRun(summary["requests"], summary["duration_us"] / 1e6, summary["latency_us"])
 
 
-def _check(server: Server, path: str, body: bytes, expected: object) -> None:
+def check_answer(server: Server, path: str, body: bytes, expected: object) -> None:
     """One request, outside any measurement: the endpoint must answer ``expected``."""
     status, reply = http_call(server.url, "POST", path, body, timeout=120)
     result = orjson.loads(reply).get("result") if status == 200 else None
@@ -161,9 +163,9 @@ def throughput_rows(
     """Rows 1 to 4: gateway against its ceiling, the naive bridge, and the direct floor."""
     body = directory / "compute.json"
     body.write_bytes(_COMPUTE_BODY)
-    _check(gateway, "/compute", _COMPUTE_BODY, 11)
-    _check(gateway, NOOP_PATH, _COMPUTE_BODY, [5, 6])
-    _check(naive, "/compute", _COMPUTE_BODY, 11)
+    check_answer(gateway, "/compute", _COMPUTE_BODY, 11)
+    check_answer(gateway, NOOP_PATH, _COMPUTE_BODY, [5, 6])
+    check_answer(naive, "/compute", _COMPUTE_BODY, 11)
     sides = {
         "ceiling": (gateway, NOOP_PATH),
         "gateway": (gateway, "/compute"),
@@ -205,7 +207,7 @@ def throughput_rows(
     ]
 
 
-def _percentile(sorted_values: list[float], fraction: float) -> float:
+def percentile(sorted_values: list[float], fraction: float) -> float:
     """The nearest-rank percentile (wrk reports the same kind)."""
     rank = max(1, round(fraction * len(sorted_values)))
     return sorted_values[min(rank, len(sorted_values)) - 1]
@@ -234,13 +236,24 @@ def paced_direct(backend: Backend, rate: float, seconds: float) -> tuple[float, 
                 raise RuntimeError("the demo backend answered [5, 6] wrongly")
             latencies.append((time.perf_counter() - sent) * 1000)
     latencies.sort()
-    return _percentile(latencies, 0.50), _percentile(latencies, 0.99)
+    return percentile(latencies, 0.50), percentile(latencies, 0.99)
 
 
 def latency_rows(
-    wrk: str, gateway: Server, backend: Backend, directory: Path
+    wrk: str,
+    gateway: Server,
+    backend: Backend,
+    directory: Path,
+    *,
+    where: str = "",
+    seconds: float = LATENCY_SECONDS,
+    runs: int = RUNS,
 ) -> list[dict[str, Any]]:
-    """Row 5: p50 and p99 at :data:`LATENCY_RATE` requests/s, gateway against direct."""
+    """Row 5: p50 and p99 at :data:`LATENCY_RATE` requests/s, gateway against direct.
+
+    ``where`` starts each row's label (the ``remote`` rows say which link);
+    ``seconds`` and ``runs`` size it (smaller in the harness's own tests).
+    """
     body = directory / "compute.json"
     body.write_bytes(_COMPUTE_BODY)
     url = gateway.url + "/compute"
@@ -254,11 +267,11 @@ def latency_rows(
     d50: list[float] = []
     d99: list[float] = []
     rates: list[float] = []
-    for _ in range(RUNS):
-        p50, p99 = paced_direct(backend, LATENCY_RATE, LATENCY_SECONDS)
+    for _ in range(runs):
+        p50, p99 = paced_direct(backend, LATENCY_RATE, seconds)
         d50.append(p50)
         d99.append(p99)
-        run = paced_gateway(LATENCY_SECONDS)
+        run = paced_gateway(seconds)
         gateway.check_alive()
         g50.append(run.latency_us["p50"] / 1000)
         g99.append(run.latency_us["p99"] / 1000)
@@ -267,7 +280,7 @@ def latency_rows(
     note = f"gateway side ran at {statistics.median(rates):.0f} req/s (wrk, paced)"
     return [
         comparison(
-            f"latency p50 at {at}: gateway vs direct Client",
+            f"{where}latency p50 at {at}: gateway vs direct Client",
             g50,
             d50,
             None,
@@ -276,15 +289,15 @@ def latency_rows(
             note=note,
         ),
         comparison(
-            f"latency p50 added by the gateway (budget {LATENCY_BUDGET_MS:g} ms)",
+            f"{where}latency p50 added by the gateway (budget {LATENCY_BUDGET_MS:g} ms)",
             [g - d for g, d in zip(g50, d50, strict=True)],
-            [LATENCY_BUDGET_MS] * RUNS,
+            [LATENCY_BUDGET_MS] * runs,
             1.0,
             unit="ms",
             higher_is_better=False,
         ),
         comparison(
-            f"latency p99 at {at}: gateway vs direct Client",
+            f"{where}latency p99 at {at}: gateway vs direct Client",
             g99,
             d99,
             None,
@@ -323,7 +336,7 @@ def large_rows(
     body = directory / "large.json"
     body.write_bytes(body_bytes)
     # The gateway answers bytes as {"$bytes": <base64>}: checked once, in full.
-    _check(gateway, "/compute", body_bytes, {"$bytes": encoded})
+    check_answer(gateway, "/compute", body_bytes, {"$bytes": encoded})
     del encoded, body_bytes
     url = gateway.url + "/compute"
 

@@ -20,6 +20,7 @@ __all__ = [
     "RESULTS",
     "comparison",
     "machine",
+    "not_measured",
     "print_table",
     "target_text",
     "write_results",
@@ -39,7 +40,9 @@ def _figure(value: float) -> str:
 
 
 def target_text(row: dict[str, Any]) -> str:
-    """``">= 0.8x ok"``, ``"<= 1.1x MISSED"`` or ``"info"`` for an informational row."""
+    """``">= 0.8x ok"``, ``"<= 1.1x MISSED"``, ``"info"`` (informational) or ``"not measured"``."""
+    if row["ratio"] is None:
+        return "not measured"
     if row["target"] is None:
         return "info"
     bound = ">=" if row["higher_is_better"] else "<="
@@ -56,10 +59,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         if r.get("note"):
             notes.append(r["note"])
             mark = f"  [{len(notes)}]"
-        print(
-            f"{r['row']:<{width}}  {_figure(r['ours']):>10}  {_figure(r['baseline']):>10}  "
-            f"{r['unit']:<7}  {r['ratio']:>6.2f}x  {target_text(r)}{mark}"
-        )
+        if r["ratio"] is None:
+            print(f"{r['row']:<{width}}  {'-':>10}  {'-':>10}  {r['unit']:<7}  {'-':>7}  ", end="")
+        else:
+            print(
+                f"{r['row']:<{width}}  {_figure(r['ours']):>10}  {_figure(r['baseline']):>10}  "
+                f"{r['unit']:<7}  {r['ratio']:>6.2f}x  ",
+                end="",
+            )
+        print(f"{target_text(r)}{mark}")
     for number, note in enumerate(notes, 1):
         print(f"[{number}] {note}")
 
@@ -149,4 +157,26 @@ def comparison(
         "higher_is_better": higher_is_better,
         "met": met,
         "note": note,
+    }
+
+
+def not_measured(
+    name: str, why: str, target: float | None, *, unit: str, higher_is_better: bool = True
+) -> dict[str, Any]:
+    """A row that this run could not measure (``why`` says so), kept so that it is not forgotten.
+
+    Its figures, ratio and ``met`` are None; ``note`` is ``why``.
+    """
+    return {
+        "row": name,
+        "unit": unit,
+        "ours": None,
+        "baseline": None,
+        "ours_runs": [],
+        "baseline_runs": [],
+        "ratio": None,
+        "target": target,
+        "higher_is_better": higher_is_better,
+        "met": None,
+        "note": f"not measured: {why}",
     }

@@ -45,15 +45,19 @@ __all__ = [
     "HOST",
     "ROOT",
     "Backend",
+    "Relay",
     "Server",
     "ServerError",
+    "classic_backend",
     "cli_gateway",
+    "cpu_seconds",
     "demo_backend",
     "echo_server",
     "find_wrk",
     "gateway",
     "http_call",
     "knob",
+    "latency_relay",
     "manager_backend",
     "naive_bridge",
     "raise_open_files",
@@ -260,6 +264,19 @@ def rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` so far, in seconds (``/proc/<pid>/stat``).
+
+    Raises:
+        OSError: the process is gone.
+    """
+    text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    # The command name (field 2) may hold spaces: count from the ")" after it.
+    fields = text.rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
 def raise_open_files(wanted: int) -> int:
     """Raise this process's soft ``RLIMIT_NOFILE`` to ``wanted`` (at most the hard limit).
 
@@ -278,15 +295,30 @@ def raise_open_files(wanted: int) -> int:
 
 @dataclass(frozen=True)
 class Backend:
-    """The demo backend: its ``host:port`` address and key (hex text, so env-safe)."""
+    """A backend: its ``host:port`` address, key (hex text, so env-safe) and process.
+
+    ``proc`` is the server's process when the bench started it as a plain
+    child (the classic server); the demo backend's is managed by
+    :func:`~connbridge.demo.spawn_demo_backend`.
+    """
 
     address: str
     authkey: str
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def stdlib_address(self) -> tuple[str, int]:
         host, port = self.address.rsplit(":", 1)
         return host, int(port)
+
+    def via(self, relay: Relay) -> Backend:
+        """The same backend, reached through ``relay``."""
+        return Backend(relay.address, self.authkey, self.proc)
+
+    def check_alive(self) -> None:
+        """Raise :class:`ServerError` if the bench started this backend and it has exited."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ServerError(f"the backend at {self.address} exited with {self.proc.returncode}")
 
 
 @contextlib.contextmanager
@@ -307,13 +339,44 @@ def manager_backend(directory: Path) -> Iterator[Backend]:
         yield Backend(read_ready_file(ready, proc, log), key)
 
 
-def write_config(directory: Path, backend: Backend, *, log_level: str) -> Path:
+#: The seed's classic one-connection server, as the test suite runs it (verbatim loop).
+CLASSIC_SCRIPT: Final = ROOT / "tests" / "servers" / "classic.py"
+
+
+@contextlib.contextmanager
+def classic_backend(directory: Path) -> Iterator[Backend]:
+    """The classic Listener server (``tests/servers/classic.py``) on a free port, random key.
+
+    It serves one connection at a time, answers ``(x, y)`` with ``x + y`` and
+    exits on any error but a clean end of file: a bench row that breaks the
+    rules of such a server shows up as :class:`ServerError` (its
+    ``check_alive``), not as a figure.
+    """
+    key = secrets.token_hex(16)
+    ready = directory / "classic.ready"
+    ready.unlink(missing_ok=True)
+    argv = [str(CLASSIC_SCRIPT), f"{HOST}:0", "--authkey-env", AUTHKEY_ENV]
+    argv += ["--ready-file", str(ready)]
+    with _child("classic", argv, directory, _child_env(**{AUTHKEY_ENV: key})) as (proc, log):
+        yield Backend(read_ready_file(ready, proc, log), key, proc)
+
+
+def write_config(
+    directory: Path,
+    backend: Backend,
+    *,
+    log_level: str,
+    name: str = "gateway",
+    options: str = "",
+) -> Path:
     """The gateway's TOML configuration for a run: one backend ``demo``, no API keys.
 
     ``max_body_bytes`` is raised so the 10 MiB ``$bytes`` row (about 14 MiB
-    of JSON) fits; every other setting is the default.
+    of JSON) fits; every other setting is the default. ``options`` are more
+    TOML lines for the backend's table (the ``remote`` rows set
+    ``max_connections`` and ``pipeline``); the file is ``<name>.toml``.
     """
-    path = directory / "gateway.toml"
+    path = directory / f"{name}.toml"
     path.write_text(
         f"""\
 [gateway]
@@ -330,19 +393,25 @@ call_timeout = 60.0
 # declaration (replies = "many", for its stream operation) would measure a
 # handshake per call instead of the pool.
 replies = "one"
-""",
+{options}""",
         encoding="utf-8",
     )
     return path
 
 
 @contextlib.contextmanager
-def gateway(config: Path, backend: Backend, directory: Path) -> Iterator[Server]:
-    """The gateway app plus the ceiling route, under uvicorn as the CLI configures it."""
-    ready = directory / "gateway.ready"
+def gateway(
+    config: Path, backend: Backend, directory: Path, *, name: str = "gateway"
+) -> Iterator[Server]:
+    """The gateway app plus the ceiling route, under uvicorn as the CLI configures it.
+
+    ``name`` names its ready file and log, so that several can run at once.
+    """
+    ready = directory / f"{name}.ready"
+    ready.unlink(missing_ok=True)  # from an earlier gateway of the same name
     argv = ["-m", "bench.ceiling_app", "--config", str(config), "--ready-file", str(ready)]
     env = _child_env(**{AUTHKEY_ENV: backend.authkey})
-    with _child("gateway", argv, directory, env) as (proc, log):
+    with _child(name, argv, directory, env) as (proc, log):
         server = Server(proc, "http://" + read_ready_file(ready, proc, log), log)
         _wait_http(server, "/readyz")  # 200 only once the demo backend answers
         yield server
@@ -401,6 +470,37 @@ def echo_server(directory: Path) -> Iterator[Server]:
     argv = ["-m", "bench.echo_ws", "--ready-file", str(ready)]
     with _child("echo-ws", argv, directory, _child_env()) as (proc, log):
         yield Server(proc, "ws://" + read_ready_file(ready, proc, log), log)
+
+
+@dataclass(frozen=True)
+class Relay:
+    """A running latency relay (:mod:`bench.relay`): its process and ``host:port``."""
+
+    proc: subprocess.Popen[bytes]
+    address: str
+    log: Path
+
+    def cpu_seconds(self) -> float:
+        """The relay's user plus system CPU time so far; raises ServerError if it has exited."""
+        if self.proc.poll() is not None:
+            raise ServerError(_failure(f"exited with status {self.proc.returncode}", self.log))
+        return cpu_seconds(self.proc.pid)
+
+
+@contextlib.contextmanager
+def latency_relay(
+    target: str, directory: Path, *, delay_ms: float = 0.5, name: str = "relay"
+) -> Iterator[Relay]:
+    """A latency relay to ``target`` (``host:port``): ``delay_ms`` each way (:mod:`bench.relay`).
+
+    ``name`` names its ready file and log, so that several can run at once.
+    """
+    ready = directory / f"{name}.ready"
+    ready.unlink(missing_ok=True)
+    argv = ["-m", "bench.relay", "--target", target, "--ready-file", str(ready)]
+    argv += ["--delay-ms", repr(delay_ms)]
+    with _child(name, argv, directory, _child_env()) as (proc, log):
+        yield Relay(proc, read_ready_file(ready, proc, log), log)
 
 
 # -- wrk ----------------------------------------------------------------------------

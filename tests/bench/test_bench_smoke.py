@@ -4,7 +4,10 @@ It checks the parts a full ``make bench`` depends on, in seconds: the
 gateway with its ceiling route starts and answers, wrk's script reports its
 summary (throughput, a response limit that ends the run early, pacing), the
 WebSocket driver works against the gateway and the echo server, and a table
-and chart come out of the rows, informational ones included.
+and chart come out of the rows, informational ones included. The newer
+groups' rows are built with tiny sizes: the ``remote`` rows through the
+latency relay (pipelined ones not measured until the gateway has the
+setting) and the load curve, with its chart.
 """
 
 from __future__ import annotations
@@ -12,14 +15,17 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench import servers
+from bench import remote, servers
 from bench.chart import write_chart
 from bench.http import direct_round_trips, paced_direct, run_wrk
+from bench.load import load_rows
 from bench.manager import create_echo, native_calls_per_second, write_manager_config
 from bench.report import comparison, print_table
+from bench.syscalls import parse_summary
 from bench.ws import calls_per_second
 
 pytestmark = pytest.mark.slow
@@ -106,3 +112,81 @@ def test_manager_row_parts(wrk: str, tmp_path: Path) -> None:
             body = tmp_path / "echo.json"
             body.write_bytes(b'{"args": [11]}')
             assert run_wrk(wrk, gateway.url + path, body, seconds=1, connections=4).requests > 0
+
+
+def _check_rows(rows: list[dict[str, Any]], tmp_path: Path) -> None:
+    """The rows print, and chart (with the load curve, when there is one)."""
+    print_table(rows)
+    chart = write_chart(rows, "smoke", tmp_path / "rows.png")
+    assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_remote_rows_without_pipelining(
+    wrk: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The classic server behind the relay: the direct floor and a fresh
+    # gateway (pipeline unset) per run; the pipelined row stays in the table
+    # as not measured. The server must be alive after every run (classic_rows
+    # checks it, and raises if it died).
+    rows = remote.classic_rows(wrk, tmp_path, pipeline=False, seconds=1, direct_calls=50, runs=1)
+    assert [r["ratio"] is None for r in rows] == [True, False]
+    assert rows[0]["target"] == 10.0 and "not measured" in rows[0]["note"]
+    unpipelined = rows[1]
+    assert unpipelined["ours"] > 0 and unpipelined["baseline"] > 0
+    # Every side went through the relay, which spent CPU time on it.
+    assert unpipelined["relay_cpu_seconds"]["baseline"][0] >= 0
+    assert "relay CPU per run" in unpipelined["note"]
+    # A round trip through the relay takes at least its 1 ms: one connection
+    # cannot make more than 1,000 calls/s.
+    assert unpipelined["baseline"] < 1000
+
+    with servers.demo_backend() as backend:
+        threaded = remote.threaded_rows(
+            wrk, backend, tmp_path, pipeline=False, seconds=1, latency_seconds=0.5, runs=1
+        )
+    assert threaded[0]["ratio"] is None
+    assert [r["row"].startswith(remote.LINK) for r in threaded] == [True] * 4
+    direct_p50 = threaded[1]["baseline"]
+    assert direct_p50 >= 1.0  # ms: the relay's round trip
+    _check_rows(rows + threaded, tmp_path)
+    out = capsys.readouterr().out
+    assert "not measured  [1]" in out
+
+
+@pytest.mark.skipif(
+    not remote.pipelining_available(), reason="the gateway has no 'pipeline' key yet"
+)
+def test_remote_rows_pipelined(wrk: str, tmp_path: Path) -> None:
+    rows = remote.classic_rows(wrk, tmp_path, pipeline=True, seconds=1, direct_calls=50, runs=1)
+    assert [r["ratio"] is None for r in rows] == [False] * 3
+    assert rows[0]["target"] == 10.0 and rows[0]["met"] is not None
+
+
+def test_load_curve_rows(wrk: str, tmp_path: Path) -> None:
+    with servers.demo_backend() as backend:
+        config = servers.write_config(tmp_path, backend, log_level="warning")
+        with servers.gateway(config, backend, tmp_path) as gateway:
+            rows = load_rows(wrk, gateway, tmp_path, levels=(1, 4), seconds=1, runs=1)
+    assert [r["curve"]["connections"] for r in rows] == [1, 4]
+    assert rows[0]["ratio"] == 1.0
+    for r in rows:
+        assert 0 < r["curve"]["p50_ms"] <= r["curve"]["p99_ms"]
+    _check_rows(rows, tmp_path)
+
+
+STRACE_SUMMARY = """\
+% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 73.02    0.040281           6      6062           write
+ 21.87    0.012066           2      4086        18 read
+  0.00    0.000002           2         1           mmap
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.055168           4     10149        18 total
+"""
+
+
+def test_syscalls_summary_is_parsed() -> None:
+    # strace -c's table, with and without an errors column; the total is left out.
+    assert parse_summary(STRACE_SUMMARY) == {"write": 6062, "read": 4086, "mmap": 1}
+    with pytest.raises(ValueError, match="no strace -c summary"):
+        parse_summary("strace: attach: ptrace(PTRACE_SEIZE, 1): Operation not permitted\n")
