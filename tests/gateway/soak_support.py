@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 from gateway_support import backend_config
-from test_cli import GatewayProcess, gateway_process
+from process_support import GatewayProcess, gateway_process
 
 #: True under ``make soak``: the tests run for the durations of issue 12.
 SOAK = os.environ.get("CONNBRIDGE_SOAK") == "1"

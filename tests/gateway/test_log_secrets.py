@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gateway_support import key_file, sha256_hex
-from test_cli import child_env, gateway_process, run_cli
+from process_support import child_env, gateway_process, run_cli
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
