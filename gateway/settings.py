@@ -207,13 +207,16 @@ def _shown_variable(name: str) -> str:
 
 
 def _looks_random(word: str) -> bool:
-    # Upper and lower case and digits in 16 characters: a key, not a file name.
-    return (
-        len(word) >= 16
-        and any(c.isupper() for c in word)
-        and any(c.islower() for c in word)
-        and any(c.isdigit() for c in word)
-    )
+    # A file name is words joined by "-", "_" or "."; a key is a long run in
+    # both cases (base64, urlsafe, with or without digits), or letters with
+    # many digits (hex), or one very long run. Hiding a real name by mistake
+    # costs a look at the configuration; showing a key costs the key.
+    if len(word) < 16:
+        return False
+    digits = sum(c.isdigit() for c in word)
+    mixed_case = any(c.isupper() for c in word) and any(c.islower() for c in word)
+    longest = max(map(len, re.split(r"[-_.]", word)))
+    return mixed_case or digits >= len(word) / 5 or longest > 20
 
 
 def _shown_path(path: Path) -> str:

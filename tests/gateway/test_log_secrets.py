@@ -189,6 +189,32 @@ def test_configuration_errors_never_echo_a_secret(start_shared_backend, tmp_path
     assert leaks(output) == []
 
 
+# Keys of every shape the usual generators make, the unlucky ones included: a
+# urlsafe key that happens to have no digit (about 1 in 230 of 32 characters),
+# one with no upper-case letter, a lower-case hex key, an upper-case one.
+KEY_SHAPES = [
+    "GYYcU_LnJLfEBfXHhPHNqhxxFAVDPwxD",
+    "gyycu-lnjlfe8fxhhp2nqhxxfavdpwxd",
+    "3f9a0c4e7b21d58f6a0e9c3b7d14f2a6",
+    "3F9A0C4E7B21D58F6A0E9C3B7D14F2A6",
+    "QWERTYUIOPASDFGHJKLZXCVBNMQWERTY",
+]
+
+
+@pytest.mark.parametrize("shape", KEY_SHAPES)
+@pytest.mark.parametrize("where", ["authkey_file", "authkey_env"])
+def test_no_shape_of_key_is_echoed_as_a_file_or_variable_name(tmp_path, shape, where):
+    value = "/" + shape if where == "authkey_file" else shape
+    path = config(tmp_path, "127.0.0.1:1", {where: value})
+    text = path.read_text().replace(f'authkey_file = "{key_file(tmp_path, AUTHKEY)}"\n', "", 1)
+    path.write_text(text)
+    result = run_cli("--config", str(path), "--port", "0")
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert f"backends.adder.{where}" in output
+    assert shape not in output and shape.lower() not in output.lower(), output
+
+
 def test_a_secret_in_the_environment_is_not_echoed_either(tmp_path):
     path = config(tmp_path, "127.0.0.1:1")
     env = child_env(
