@@ -1061,7 +1061,13 @@ class Pool:
                         self._authkey, allow_md5=s.allow_md5, legacy_digest=s.legacy_digest
                     )
                 )
-                done, _ = await asyncio.wait({handshake}, timeout=s.handshake_timeout)
+                try:
+                    done, _ = await asyncio.wait({handshake}, timeout=s.handshake_timeout)
+                except asyncio.CancelledError:
+                    # The caller left mid-handshake; the server may be about
+                    # to reach it, or already be in it.
+                    self.spawn(self._finish_abandoned(conn, handshake))
+                    raise
                 if not done:
                     raise self._handshake_stalled(replica, conn, handshake)
                 self._handshake_result(replica, conn, handshake)
@@ -1198,6 +1204,26 @@ class Pool:
             # whole connection (a stream, a lease) waits for one.
             self._adopt(conn, replica, pipelined=self._pipelines.on and not self._waiters)
             self._grow()
+
+    async def _finish_abandoned(self, conn: Connection, handshake: asyncio.Future[None]) -> None:
+        """Let a handshake whose caller gave up end, then close it cleanly.
+
+        Left open, a one-connection-at-a-time server would serve it forever;
+        cut, it would make that server's ``accept()`` fail when it gets to
+        it. Only a shutdown past its grace cancels this.
+        """
+        try:
+            await asyncio.wait({handshake})
+        except asyncio.CancelledError:
+            handshake.cancel()
+            conn.abort()
+            self.count_close("shutdown_stalled")
+            raise
+        if handshake.exception() is None:
+            self.count_close("abandoned_handshake")
+            await conn.close(timeout=1.0)
+        else:
+            conn.abort()  # the handshake failed: the server has already let it go
 
     # housekeeping
 

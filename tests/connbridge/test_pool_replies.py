@@ -273,3 +273,33 @@ async def test_shutdown_unwinds_a_stalled_handshake_gently(start_backend) -> Non
 def test_replies_setting_is_checked() -> None:
     with pytest.raises(ValueError, match='replies: must be "one" or "many"'):
         PoolSettings(replies="several")  # type: ignore[arg-type]
+
+
+async def test_a_cancelled_dedicated_open_is_finished_and_closed_gently(start_backend) -> None:
+    # The caller gives up while the one-connection server is busy elsewhere:
+    # its handshake must not be left open (the server would serve it forever)
+    # nor be cut (the server's accept() would fail when it reaches it).
+    backend = await start(start_backend, "classic")
+    pool = Pool(
+        backend.address, authkey=KEY, settings=settings(handshake_timeout=30, idle_timeout=0.2)
+    )
+    await pool.start()
+    # The address proved itself; its connection goes idle and closes; then
+    # another client takes the server's only slot.
+    await wait_until(lambda: pool.stats()["open"] == 0)
+    holder = await asyncio.to_thread(backend.connect)
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pool.open_dedicated(), 0.3)
+        await asyncio.to_thread(holder.close)
+        # The server reaches the abandoned handshake, which completes and is
+        # closed cleanly: the next client is served.
+        client = await asyncio.to_thread(backend.connect)
+        with client:
+            assert await asyncio.to_thread(client.call, (20, 22)) == 42
+        assert pool.stats()["closed"]["abandoned_handshake"] == 1
+    finally:
+        holder.close()
+        await pool.close(grace=5)
+    assert backend.alive(), backend.output()
+    assert "Traceback" not in backend.output()
