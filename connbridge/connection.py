@@ -276,6 +276,9 @@ class Connection:
         self._authenticated = False
         self._received_any = False
         self._closing = False
+        #: True once the peer's first handshake message arrived: the server has
+        #: accepted this connection and is in the middle of its handshake.
+        self.handshake_begun = False
         #: ``"legacy"`` or the digest the peer challenged with; None without a handshake.
         self.peer_dialect: str | None = None
 
@@ -629,6 +632,7 @@ class Connection:
                         f"the peer closed the connection during the handshake, while we "
                         f"waited for {handshake.awaiting}"
                     ) from exc
+                self.handshake_begun = True
                 self._write_frames(handshake.receive(message))
                 if handshake.error is not None:
                     raise handshake.error

@@ -1064,9 +1064,12 @@ class Pool:
                 try:
                     done, _ = await asyncio.wait({handshake}, timeout=s.handshake_timeout)
                 except asyncio.CancelledError:
-                    # The caller left mid-handshake; the server may be about
-                    # to reach it, or already be in it.
-                    self.spawn(self._finish_abandoned(conn, handshake))
+                    if self._closed:
+                        await self._cut_short(conn, handshake)
+                    else:
+                        # The caller left mid-handshake; the server may be
+                        # about to reach it, or already be in it.
+                        self.spawn(self._finish_abandoned(conn, handshake))
                     raise
                 if not done:
                     raise self._handshake_stalled(replica, conn, handshake)
@@ -1189,9 +1192,7 @@ class Pool:
             await asyncio.wait({handshake})
         except asyncio.CancelledError:
             replica.stall_ended(established=False)
-            handshake.cancel()
-            conn.abort()
-            self.count_close("shutdown_stalled")
+            await self._cut_short(conn, handshake)
             raise
         try:
             established = self._handshake_result(replica, conn, handshake)
@@ -1215,15 +1216,30 @@ class Pool:
         try:
             await asyncio.wait({handshake})
         except asyncio.CancelledError:
-            handshake.cancel()
-            conn.abort()
-            self.count_close("shutdown_stalled")
+            await self._cut_short(conn, handshake)
             raise
         if handshake.exception() is None:
             self.count_close("abandoned_handshake")
             await conn.close(timeout=1.0)
         else:
             conn.abort()  # the handshake failed: the server has already let it go
+
+    async def _cut_short(self, conn: Connection, handshake: asyncio.Future[None]) -> None:
+        """A shutdown past its grace reached a handshake that has not ended.
+
+        If the server is in the middle of it, cutting it now would make the
+        server's ``accept()`` fail: it gets ``handshake_timeout`` more to end
+        and is then closed cleanly. One the server never reached is aborted:
+        nothing gentler is left (the README's scaling section says so).
+        """
+        if conn.handshake_begun and not handshake.done():
+            await asyncio.wait({handshake}, timeout=self.settings.handshake_timeout)
+        if handshake.done() and not handshake.cancelled() and handshake.exception() is None:
+            await conn.close(timeout=1.0)
+        else:
+            handshake.cancel()
+            conn.abort()
+        self.count_close("shutdown_stalled")
 
     # housekeeping
 

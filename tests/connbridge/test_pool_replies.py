@@ -303,3 +303,22 @@ async def test_a_cancelled_dedicated_open_is_finished_and_closed_gently(start_ba
         await pool.close(grace=5)
     assert backend.alive(), backend.output()
     assert "Traceback" not in backend.output()
+
+
+async def test_a_shutdown_past_its_grace_lets_a_handshake_in_the_middle_end(
+    start_backend,
+) -> None:
+    # The server has accepted the connection and is in its handshake when the
+    # grace runs out: cut now, its accept() would fail and the server die.
+    backend = await start(start_backend, "classic", args=["--slow-handshake", "1.0"])
+    pool = Pool(backend.address, authkey=KEY, settings=settings(handshake_timeout=5))
+    starting = asyncio.ensure_future(pool.start())
+    await wait_until(lambda: pool.stats()["opening"] == 1)
+    await pool.close(grace=0.2)
+    await asyncio.gather(starting, return_exceptions=True)  # its opening was cut short
+    assert pool.stats()["closed"].get("shutdown_stalled") == 1
+    assert backend.alive(), backend.output()
+    client = await asyncio.to_thread(backend.connect)
+    with client:
+        assert await asyncio.to_thread(client.call, (20, 22)) == 42
+    assert "Traceback" not in backend.output()

@@ -13,8 +13,11 @@ fixtures prove they notice when it does die.  Soak tests get unique replies
 from ``(unique_int, 0)``.
 
 ``--slow-floats``: when ``y`` is a float, sleep ``y`` seconds before answering,
-so that pool tests can make calls time out or cancel them mid-call. The server
-stays exactly as fragile.
+so that pool tests can make calls time out or cancel them mid-call.
+``--slow-handshake S``: in each handshake, after the server has welcomed the
+client, wait ``S`` seconds before answering the client's own challenge, so
+that tests can stop a gateway while a handshake is in the middle. The server
+stays exactly as fragile either way.
 """
 
 from __future__ import print_function
@@ -32,7 +35,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _support.add_common_arguments(parser)
     parser.add_argument("--slow-floats", action="store_true")
+    parser.add_argument("--slow-handshake", type=float, default=0.0)
     args = parser.parse_args()
+    if args.slow_handshake:
+        _slow_down_handshakes(args.slow_handshake)
     address, family = _support.parse_address(args.address)
     authkey = _support.read_authkey(args.authkey_env)
     if args.watch_stdin:
@@ -54,6 +60,18 @@ def main():
                 time.sleep(y)
             conn.send(x + y)
         conn.close()
+
+
+def _slow_down_handshakes(seconds):
+    import multiprocessing.connection as mpc
+
+    answer = mpc.answer_challenge
+
+    def slow_answer(connection, authkey):
+        time.sleep(seconds)
+        return answer(connection, authkey)
+
+    mpc.answer_challenge = slow_answer
 
 
 if __name__ == "__main__":
