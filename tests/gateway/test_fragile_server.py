@@ -181,6 +181,57 @@ async def test_kill_9_of_the_gateway_at_three_points(start_backend, tmp_path: Pa
     await assert_survived(classic)
 
 
+async def pipelined_load(
+    gw: CliGateway, numbers: itertools.count[int], seconds: float
+) -> dict[str, int]:
+    """64 callers of fast calls for ``seconds``; every answer must be the caller's own."""
+    outcomes: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+
+    async def worker() -> None:
+        while loop.time() < end:
+            n = next(numbers)
+            try:
+                response = await gw.client.post("/compute", json={"payload": [n, 0]})
+            except httpx.TransportError:
+                kind = "gateway gone"  # the gateway stopped under this caller
+                await asyncio.sleep(0.01)
+            else:
+                kind = f"{response.status_code} {slug(response)}".strip()
+                if response.status_code == 200:
+                    assert response.json()["result"] == n
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+
+    await asyncio.gather(*(worker() for _ in range(64)))
+    return outcomes
+
+
+async def test_a_gateway_restart_in_the_middle_of_pipelined_load(
+    start_backend, tmp_path: Path
+) -> None:
+    # Issue 16: the classic server, verbatim, with 32 requests in flight on
+    # its one connection, survives SIGTERM of the gateway under load and the
+    # next gateway's load.
+    classic = start_backend("classic")
+    backends = classic_table(classic, tmp_path, max_connections=1, pipeline=32)
+    numbers = itertools.count()
+    async with cli_gateway(tmp_path, backends, connections=64) as gw:
+        loading = asyncio.create_task(pipelined_load(gw, numbers, LOAD_SECONDS))
+        await gw.wait_stats("classic", lambda s: s["calls"] >= 2000, what="2,000 calls")
+        assert await gw.terminate() == 0, gw.output()
+        first = await loading
+    assert first.get("200", 0) > 0, first
+    assert set(first) <= {"200", "503 shutting-down", "gateway gone"}, first
+    await assert_survived(classic)
+    async with cli_gateway(tmp_path, backends, connections=64) as gw:
+        second = await pipelined_load(gw, numbers, LOAD_SECONDS / 2)
+        assert await gw.terminate() == 0
+    print(f"\npipelined load, SIGTERM in the middle: {first}; the next gateway: {second}")
+    assert set(second) == {"200"}, second
+    await assert_survived(classic)
+
+
 async def test_sigterm_while_a_handshake_is_stalled(start_backend, tmp_path: Path) -> None:
     classic = start_backend("classic", args=["--slow-floats"])
     backends = classic_table(classic, tmp_path, handshake_timeout=0.3)
