@@ -964,7 +964,9 @@ class Pool:
                     continue
                 await self._resolve()
                 if not replica.stale and not self._closed:
-                    await self._open_soon(replica, reason="probe")
+                    # Waited on, not awaited: cancelling the prober (as close
+                    # does) must not cut a handshake the server may be in.
+                    await asyncio.wait({self._open_soon(replica, reason="probe")})
         finally:
             replica.prober = None
 

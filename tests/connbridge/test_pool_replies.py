@@ -322,3 +322,29 @@ async def test_a_shutdown_past_its_grace_lets_a_handshake_in_the_middle_end(
     with client:
         assert await asyncio.to_thread(client.call, (20, 22)) == 42
     assert "Traceback" not in backend.output()
+
+
+async def test_closing_the_pool_does_not_cut_a_probe_in_its_handshake(
+    start_backend, tmp_path
+) -> None:
+    # The address is down (nothing listens yet), so a prober retries it; when
+    # the probe's connection waits for a busy one-connection server, closing
+    # the pool must let the server reach it rather than abort it.
+    path = f"unix:{tmp_path}/late.sock"
+    pool = Pool(path, authkey=KEY, settings=settings(handshake_timeout=5))
+    await pool.start()
+    assert pool.health()["status"] == "down"
+    backend = await start(start_backend, "classic", address=path)
+    holder = await asyncio.to_thread(backend.connect)
+    try:
+        await wait_until(lambda: pool.stats()["opening"] == 1, timeout=10)
+        closing = asyncio.ensure_future(pool.close(grace=5))
+        await asyncio.to_thread(holder.close)
+        await closing
+    finally:
+        holder.close()
+    assert backend.alive(), backend.output()
+    client = await asyncio.to_thread(backend.connect)
+    with client:
+        assert await asyncio.to_thread(client.call, (20, 22)) == 42
+    assert "Traceback" not in backend.output()
