@@ -344,7 +344,8 @@ class Pool:
                 self._pipelines.grow()
                 await self._pipelines.wait_ready(self.settings.connect_timeout)
             else:
-                await self._open_soon(replicas[0], reason="start-up")
+                # Waited on, not awaited: a cancelled start must not cut it.
+                await asyncio.wait({self._open_soon(replicas[0], reason="start-up")})
 
     async def close(self, grace: float | None = None) -> None:
         """Refuse new calls, let calls in flight finish within ``grace``
