@@ -21,8 +21,7 @@ case-insensitive, backends overridden this way must have lower-case names.
     [backends.adder]
     address = "127.0.0.1:11111"   # or a list of addresses: replicas
     authkey_env = "ADDER_AUTHKEY" # or authkey_file = "/run/secrets/adder"
-    call_timeout = 5.0
-    max_connections = 4
+    call_timeout = 2.5            # an example (the default is 30)
 
     [backends.jobs]               # a multiprocessing.managers server
     kind = "manager"
@@ -37,7 +36,11 @@ case-insensitive, backends overridden this way must have lower-case names.
 
 Every problem is reported as ``FILE: KEY: MESSAGE`` (for example
 ``connbridge.toml: backends.adder.address: ...``) through :class:`ConfigError`,
-and the command line exits with status 2 before serving anything.
+and the command line exits with status 2 before serving anything. An
+unknown key is reported with the key of that table it is closest to
+(``backends.adder.max_conections: unknown key; did you mean
+max_connections?``), from the file or the environment; a variable
+``CONNBRIDGE_<SECTION>__...`` of no section is one too.
 
 A backend's pool keys are not declared here: :class:`BackendSettings` has
 one key per field of :class:`~connbridge.pool.PoolSettings` (``POOL_KEYS``:
@@ -56,11 +59,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import os
 import re
 import tomllib
+import types
 import typing
 import warnings
 from collections.abc import Mapping, Sequence
@@ -114,6 +119,7 @@ __all__ = [
     "WebSocketSettings",
     "load_settings",
     "read_authkeys",
+    "table_of",
 ]
 
 logger = logging.getLogger("connbridge.gateway")
@@ -661,16 +667,89 @@ def _key_path(loc: Sequence[int | str]) -> str:
 
 
 _MESSAGES = {
-    "extra_forbidden": "unknown key",
     "missing": "required key is missing",
 }
 
 
 def _describe(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return _unknown_key(error["loc"])
     message = _MESSAGES.get(error["type"])
     if message is None:
         message = str(error["msg"]).removeprefix("Value error, ")
     return message
+
+
+# -- unknown keys: what was meant -------------------------------------------------------
+
+
+def table_of(annotation: Any) -> tuple[type[BaseModel], Literal["table", "named", "array"]] | None:
+    """The model of a key that holds tables, and how: ``None`` for a key that holds a value.
+
+    ``"table"``: one table (``[gateway]``); ``"named"``: a table per name
+    (``[backends.NAME]``); ``"array"``: an array of tables (``[[auth.keys]]``).
+    The README's table of keys and the "did you mean" of an unknown key walk
+    the models with it, so both follow every table added.
+    """
+    how: Literal["table", "named", "array"] = "table"
+    while True:
+        origin = typing.get_origin(annotation)
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if origin in (typing.Union, types.UnionType) and len(args) == 1:
+            annotation = args[0]  # an optional table
+        elif origin is dict and how == "table" and len(args) == 2:
+            annotation, how = args[1], "named"
+        elif origin is tuple and how == "table" and len(args) == 2 and args[1] is Ellipsis:
+            annotation, how = args[0], "array"
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation, how
+        else:
+            return None
+
+
+def _keys_at(loc: Sequence[int | str]) -> list[str]:
+    """The keys a table accepts at ``loc`` (a pydantic error location), or none if unknown."""
+    model: type[BaseModel] = Settings
+    parts = list(loc)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
+        table = None if field is None else table_of(field.annotation)
+        if table is None:
+            return []
+        model, how = table
+        if how != "table":
+            if not parts:
+                return []  # the name of a table, or an index: any is valid
+            parts.pop(0)
+    return list(model.model_fields)
+
+
+def _unknown_key(loc: Sequence[int | str]) -> str:
+    """``unknown key``, with the key that was probably meant (a name, never a value)."""
+    *parent, typed = loc
+    if len(parent) == 2 and parent[0] == "backends" and typed in GATEWAY_WIDE_POOL_FIELDS:
+        return f"unknown key: {GATEWAY_WIDE_POOL_FIELDS[str(typed)]}"
+    close = difflib.get_close_matches(str(typed).lower(), _keys_at(parent), n=1)
+    return f"unknown key; did you mean {close[0]}?" if close else "unknown key"
+
+
+def _unknown_sections(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Variables ``CONNBRIDGE_<SECTION>__...`` whose section does not exist.
+
+    pydantic-settings reads only the variables of known sections, so a typo
+    in a section's name would otherwise be ignored without a word.
+    (``CONNBRIDGE_`` names without ``__`` are left alone: the tests' switches,
+    Kubernetes' service variables.)
+    """
+    problems = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(_ENV_PREFIX) or "__" not in name:
+            continue
+        loc = name.removeprefix(_ENV_PREFIX).lower().split("__")
+        if loc[0] not in Settings.model_fields:
+            problems.append((f"{loc[0]} (from {name})", _unknown_key(loc[:1])))
+    return problems
 
 
 def _origin(loc: Sequence[int | str], environ: Mapping[str, str]) -> str | None:
@@ -712,6 +791,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             raise ConfigError(source, [("", f"invalid TOML: {exc}")]) from None
         except RecursionError:  # tomllib parses nested tables recursively
             raise ConfigError(source, [("", "invalid TOML: nested too deeply")]) from None
+    problems = _unknown_sections(env)
     try:
         settings = Settings(**data)
     except RecursionError:
@@ -721,7 +801,6 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         # An environment variable that should hold JSON does not.
         raise ConfigError(source, [("", f"{exc} (lists and tables are written as JSON)")]) from None
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             key = _key_path(error["loc"])
             variable = _origin(error["loc"], env)
@@ -729,7 +808,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
                 key += f" (from {variable})"
             problems.append((key, _describe(error)))
         raise ConfigError(source, problems) from None
-    problems = settings.cross_check()
+    problems += settings.cross_check()
     if problems:
         raise ConfigError(source, problems)
     for name, backend in settings.backends.items():

@@ -150,7 +150,10 @@ def test_a_gateway_wide_field_is_not_a_backend_key(tmp_path, name):
     path = write(tmp_path, f'[backends.b]\naddress = "unix:/b"\n{name} = 1.0\n')
     with pytest.raises(ConfigError) as info:
         load_settings(path)
-    assert info.value.problems == [(f"backends.b.{name}", "unknown key")]
+    # The message says where the value comes from instead.
+    assert info.value.problems == [
+        (f"backends.b.{name}", f"unknown key: {GATEWAY_WIDE_POOL_FIELDS[name]}")
+    ]
 
 
 @pytest.mark.parametrize(
