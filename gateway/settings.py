@@ -304,10 +304,12 @@ class GatewaySettings(_Section):
         default=None,
         description="Open client connections (HTTP and WebSocket) at most; unset: what the "
         "descriptor limit leaves beside the backends' connections. At the cap an idle "
-        "connection is closed to make room, or a 503 `too-many-connections` is sent.",
+        "connection, or one still sending its headers, is closed to make room; with none, "
+        "a 503 `too-many-connections`.",
     )
     header_timeout: PositiveFloat = Field(
-        default=10.0, description="Seconds a client has to send a request's headers (408)."
+        default=10.0,
+        description="Seconds a client has to send a request's headers (408 `request-timeout`).",
     )
     body_timeout: PositiveFloat = Field(
         default=30.0,
@@ -318,7 +320,8 @@ class GatewaySettings(_Section):
         description="Seconds an idle keep-alive connection stays open between requests.",
     )
     max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
-        default=64 * 1024, description="Largest request header block, in bytes (431 past it)."
+        default=64 * 1024,
+        description="Largest request header block, in bytes (431 `headers-too-large` past it).",
     )
     linger_timeout: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
         default=5.0,
