@@ -12,8 +12,8 @@ the moment it is regenerated.
 
 The tables are found by walking :class:`~gateway.settings.Settings` with
 :func:`~gateway.settings.table_of`, the walk that also finds the keys an
-unknown key is compared with: a table added to the models gets its block
-here (and the README a missing marker is an error) without a list kept by hand.
+unknown key is compared with: a table added to the models needs a block in
+the README (its absence is an error), and no list of tables is kept by hand.
 """
 
 from __future__ import annotations
