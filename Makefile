@@ -63,6 +63,12 @@ bench: $(STAMP)
 openapi: $(STAMP)
 	$(BIN)/connbridge-gateway openapi openapi/openapi.json
 
+# The README's tables of configuration keys, from the settings models
+# (gateway/config_table.py); tests/gateway/test_config_table.py fails when they are stale.
+.PHONY: config-table
+config-table: $(STAMP)
+	$(BIN)/python -m gateway.config_table README.md
+
 test-browser: $(STAMP)
 	CONNBRIDGE_BROWSER=1 $(BIN)/python -X dev -m pytest -p no:cacheprovider -m browser tests/browser
 

@@ -9,7 +9,9 @@ gateway's TOML file and environment with no other change.
 
 The rule of a field: a number must be finite and greater than 0, unless the
 field names its own check in its metadata (``metadata={"check": ...}``, a
-function that returns what is wrong with a value, or ``None``).
+function that returns what is wrong with a value, or ``None``). Each field
+also carries its meaning in one line (:func:`field_doc`), which the gateway
+gives its key (``description``) and the README's table of keys.
 :func:`field_problem` applies it; :class:`PoolSettings` applies it to every
 field when it is built, and the gateway to each key as it reads it. Problems
 are worded without the value, which may come from a confidential file.
@@ -30,6 +32,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "PoolSettings",
+    "field_doc",
     "field_problem",
 ]
 
@@ -38,8 +41,9 @@ DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 #: Seconds the handshake may take, client or server side.
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 5.0
 
-#: The metadata key of a field's own check.
+#: The metadata keys of a field's own check and of its meaning.
 _CHECK: Final = "check"
+_DOC: Final = "doc"
 
 
 def _pickle_protocol(value: object) -> str | None:
@@ -91,8 +95,12 @@ def _legacy_digest(value: object) -> str | None:
     return None
 
 
-def _checked(default: Any, check: Callable[[object], str | None]) -> Any:
-    return field(default=default, metadata={_CHECK: check})
+def _knob(default: Any, doc: str, check: Callable[[object], str | None] | None = None) -> Any:
+    """A field with its one-line meaning (the README's table of keys) and its own check, if any."""
+    metadata: dict[str, Any] = {_DOC: doc}
+    if check is not None:
+        metadata[_CHECK] = check
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,58 +112,99 @@ class PoolSettings:
             message starts with the field's name.
     """
 
-    #: Connections per backend address (replica).
-    max_connections: int = 8
-    #: Longest wait for a free connection before :class:`AcquireTimeout`.
-    acquire_timeout: float = 10.0
-    #: Default bound on one call (acquire, send and receive); a call may ask for less.
-    call_timeout: float = 30.0
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    #: After this, a silent handshake is treated as "busy server" (see :mod:`connbridge.pool`).
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
-    #: Idle connections older than this are closed.
-    idle_timeout: float = 300.0
-    #: Connections older than this are closed when next idle.
-    max_lifetime: float = 3600.0
-    #: Callers that may wait for a connection; past it, :class:`PoolOverloaded` at once.
-    max_waiters: int = 1000
-    #: How long a late reply is awaited after a timeout before the connection is closed.
-    drain_timeout: float = 60.0
-    #: Drains per address that do not take a call slot (0: every drain keeps its slot).
-    max_draining: int = _checked(4, _count)
-    #: ``"one"`` reply per message, or ``"many"`` (see :mod:`connbridge.pool`).
-    replies: Literal["one", "many"] = _checked("one", _replies)
-    #: Requests in flight on one connection, answered in order (1: one at a time).
-    #: Only for backends that answer every message exactly once, in order.
-    pipeline: int = 1
-    #: Quiet time after a reply that shows whether more replies follow.
-    settle_time: float = 0.05
-    #: How often each connection sits through that quiet time again under load.
-    quiet_check_interval: float = 2.0
-    #: An address with no connection open that proved alive for this long is
-    #: checked with a real, authenticated connection (then closed cleanly).
-    readiness_interval: float = 10.0
-    #: Default grace period of :meth:`Pool.close` for calls in flight.
-    close_grace: float = 10.0
-    #: How often host names are resolved again.
-    dns_interval: float = 5.0
-    max_frame: int = DEFAULT_MAX_FRAME
-    allow_md5: bool = True
-    #: The legacy handshake's HMAC: ``"md5"`` (the stdlib), or ``"sha256"`` for
-    #: FIPS-patched Pythons, which answer it with an unprefixed SHA-256.
-    legacy_digest: Literal["md5", "sha256"] = _checked("md5", _legacy_digest)
-    pickle_protocol: int = _checked(4, _pickle_protocol)
-    #: Bounds on what one reply's pickle may cost (see :mod:`connbridge.pickle_limits`):
-    #: nesting, nodes shared references may add, nodes in one hashed value
-    #: (a set member, a dict key), and items built or copied per byte of pickle.
-    pickle_max_depth: int = 256
-    pickle_max_nodes: int = 1_000_000
-    pickle_max_hashed_nodes: int = 100_000
-    pickle_work_per_byte: int = 4
-    #: Extra ``"module:qualname"`` entries for the unpickler's allowlist.
-    allowlist: tuple[str, ...] = _checked((), _allowlist)
-    #: Encoding of Python 2 byte strings in pickles (``"bytes"`` keeps them bytes).
-    py2_encoding: str = _checked("utf-8", _py2_encoding)
+    max_connections: int = _knob(8, "Connections open at most to each address (replica).")
+    acquire_timeout: float = _knob(
+        10.0, "Seconds a call may wait for a free connection (503 `pool-exhausted` past it)."
+    )
+    call_timeout: float = _knob(
+        30.0,
+        "Seconds one call may take, waiting, sending and receiving; a request's `timeout` "
+        "can only shorten it (old name: `timeout`).",
+    )
+    connect_timeout: float = _knob(
+        DEFAULT_CONNECT_TIMEOUT, "Seconds to open a TCP or Unix connection."
+    )
+    handshake_timeout: float = _knob(
+        DEFAULT_HANDSHAKE_TIMEOUT,
+        "Seconds the authkey handshake may take; a server silent for longer is taken as busy.",
+    )
+    idle_timeout: float = _knob(300.0, "Seconds an unused connection is kept before it is closed.")
+    max_lifetime: float = _knob(
+        3600.0, "Seconds after which a connection is closed the next time it is idle."
+    )
+    max_waiters: int = _knob(
+        1000, "Calls that may queue for a connection; one more is refused at once (503)."
+    )
+    drain_timeout: float = _knob(
+        60.0,
+        "Seconds the late reply of a timed-out call is awaited before its connection is closed.",
+    )
+    max_draining: int = _knob(
+        4, "Connections per address awaiting a late reply outside the call slots (0: none).", _count
+    )
+    replies: Literal["one", "many"] = _knob(
+        "one",
+        '`"one"` reply per message, or `"many"` (a message may be answered several times).',
+        _replies,
+    )
+    pipeline: int = _knob(
+        1,
+        "Requests sent ahead on one connection, answered in order; more than 1 only for "
+        "servers that answer every message once, in order.",
+    )
+    settle_time: float = _knob(
+        0.05, "Seconds of quiet after a reply that show no further reply follows."
+    )
+    quiet_check_interval: float = _knob(
+        2.0, "Seconds between two such quiet checks of a connection kept busy."
+    )
+    readiness_interval: float = _knob(
+        10.0,
+        "Seconds after which an address with no connection open is proved alive again "
+        "with a real, authenticated connection.",
+    )
+    close_grace: float = _knob(
+        10.0, "Seconds calls in flight get when the pool closes, by default."
+    )
+    dns_interval: float = _knob(5.0, "Seconds between two lookups of a host name's addresses.")
+    max_frame: int = _knob(
+        DEFAULT_MAX_FRAME,
+        "Largest message accepted from the server, in bytes, checked from its header.",
+    )
+    allow_md5: bool = _knob(
+        True, "Accept the legacy HMAC-MD5 handshake (servers on Python 3.11 and older)."
+    )
+    legacy_digest: Literal["md5", "sha256"] = _knob(
+        "md5",
+        'HMAC of the legacy handshake: `"md5"`, or `"sha256"` for FIPS-patched Pythons, '
+        "which answer it with an unprefixed SHA-256.",
+        _legacy_digest,
+    )
+    pickle_protocol: int = _knob(
+        4, "Pickle protocol of the requests sent (2 for Python 2 servers).", _pickle_protocol
+    )
+    # What one reply's pickle may cost (see :mod:`connbridge.pickle_limits`).
+    pickle_max_depth: int = _knob(256, "Deepest nesting of containers in a reply's pickle.")
+    pickle_max_nodes: int = _knob(
+        1_000_000, "Values that shared references may add to a reply once it is expanded."
+    )
+    pickle_max_hashed_nodes: int = _knob(
+        100_000, "Values in one hashed item of a reply (a set member, a dict key)."
+    )
+    pickle_work_per_byte: int = _knob(
+        4, "Items a reply's pickle may build or copy per byte it is long."
+    )
+    allowlist: tuple[str, ...] = _knob(
+        (),
+        'Classes the unpickler may build beyond the plain types, as `"module:qualname"`.',
+        _allowlist,
+    )
+    py2_encoding: str = _knob(
+        "utf-8",
+        'Text encoding of Python 2 byte strings in replies (`"bytes"` keeps them bytes; '
+        '`"latin1"` for Python 2 dates and UUIDs).',
+        _py2_encoding,
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -189,3 +238,13 @@ def field_problem(name: str, value: object) -> str | None:
         KeyError: :class:`PoolSettings` has no field ``name``.
     """
     return _problem(_FIELDS[name], value)
+
+
+def field_doc(name: str) -> str:
+    """The one-line meaning of the field ``name``, as the gateway documents its key.
+
+    Raises:
+        KeyError: :class:`PoolSettings` has no field ``name``.
+    """
+    doc: str = _FIELDS[name].metadata[_DOC]
+    return doc

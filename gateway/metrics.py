@@ -21,9 +21,21 @@ never the raw path, and ``<unmatched>`` for paths with no route, so a
 scanner cannot create unbounded series. The pool series are read from
 :meth:`connbridge.pool.Pool.stats` at scrape time by a custom collector.
 
+A request that never reached a backend (no API key, a key that may not use
+the backend it named, an unknown backend, a body that names none, ``/healthz``,
+``/metrics``, an unmatched path) is counted with ``backend="-"``
+(:data:`NO_BACKEND`), the same mark as in the access log. Not the name it
+asked for: a name that is not configured would make a series per name a
+scanner tries, and a refused request was never the backend's traffic (its
+error ratio would count callers' mistakes). Not ``""``: in Prometheus an
+empty label is no label, so such requests would merge into label-less
+selectors and show with a blank legend; ``-`` cannot be a backend's name
+(a name starts with a letter or a digit), so it never hides one.
+
 A key scoped to some backends sees only theirs: :meth:`GatewayMetrics.render`
 given a scope leaves out every sample whose ``backend`` label names another
-backend (samples without a backend, such as ``/healthz`` requests, stay).
+backend (samples of no backend, ``-``, stay: they name none, so a scoped key
+learns no name from them).
 """
 
 from __future__ import annotations
@@ -45,10 +57,12 @@ from prometheus_client.registry import Collector
 
 from connbridge.pool import Pool
 
-__all__ = ["CONTENT_TYPE", "GatewayMetrics"]
+__all__ = ["CONTENT_TYPE", "NO_BACKEND", "GatewayMetrics"]
 
 #: Media type of :meth:`GatewayMetrics.render`.
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+#: The ``backend`` label of a request that reached no backend (see the module docstring).
+NO_BACKEND: Final = "-"
 
 # Calls to a local backend take well under a millisecond; the default
 # buckets of prometheus-client start at 5 ms.
@@ -162,8 +176,9 @@ class GatewayMetrics:
         self.registry.register(_PoolCollector(pools))
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
-    def observe_request(self, route: str, backend: str, status: int, seconds: float) -> None:
-        """Count one answered request and its duration."""
+    def observe_request(self, route: str, backend: str | None, status: int, seconds: float) -> None:
+        """Count one answered request and its duration (``backend`` ``None`` or ``""``: none)."""
+        backend = backend or NO_BACKEND
         key = (route, backend, status)
         children = self._children.get(key)
         if children is None:
@@ -199,6 +214,7 @@ class _Scoped:
             metric.samples = [
                 sample
                 for sample in metric.samples
-                if sample.labels.get("backend", "") in allowed or not sample.labels.get("backend")
+                if (backend := sample.labels.get("backend", NO_BACKEND)) == NO_BACKEND
+                or backend in allowed
             ]
             yield metric

@@ -21,8 +21,7 @@ case-insensitive, backends overridden this way must have lower-case names.
     [backends.adder]
     address = "127.0.0.1:11111"   # or a list of addresses: replicas
     authkey_env = "ADDER_AUTHKEY" # or authkey_file = "/run/secrets/adder"
-    call_timeout = 5.0
-    max_connections = 4
+    call_timeout = 2.5            # an example (the default is 30)
 
     [backends.jobs]               # a multiprocessing.managers server
     kind = "manager"
@@ -37,7 +36,11 @@ case-insensitive, backends overridden this way must have lower-case names.
 
 Every problem is reported as ``FILE: KEY: MESSAGE`` (for example
 ``connbridge.toml: backends.adder.address: ...``) through :class:`ConfigError`,
-and the command line exits with status 2 before serving anything.
+and the command line exits with status 2 before serving anything. An
+unknown key is reported with the key of that table it is closest to
+(``backends.adder.max_conections: unknown key; did you mean
+max_connections?``), from the file or the environment; a variable
+``CONNBRIDGE_<SECTION>__...`` of no section is one too.
 
 A backend's pool keys are not declared here: :class:`BackendSettings` has
 one key per field of :class:`~connbridge.pool.PoolSettings` (``POOL_KEYS``:
@@ -56,11 +59,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import logging
 import os
 import re
 import tomllib
+import types
 import typing
 import warnings
 from collections.abc import Mapping, Sequence
@@ -97,7 +102,7 @@ from pydantic_settings import (
 from connbridge.addresses import Address, parse_address
 from connbridge.codec import DEFAULT_MAX_RESULT_BYTES, from_json
 from connbridge.errors import AddressError, ConnbridgeError, PayloadError
-from connbridge.pool_settings import PoolSettings, field_problem
+from connbridge.pool_settings import PoolSettings, field_doc, field_problem
 
 __all__ = [
     "CONFIG_ENV",
@@ -114,6 +119,7 @@ __all__ = [
     "WebSocketSettings",
     "load_settings",
     "read_authkeys",
+    "table_of",
 ]
 
 logger = logging.getLogger("connbridge.gateway")
@@ -248,48 +254,97 @@ class _Section(BaseModel):
 class GatewaySettings(_Section):
     """The ``[gateway]`` table: how the HTTP side behaves."""
 
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8000
-    default_backend: str | None = None
-    max_body_bytes: PositiveInt = 1024 * 1024
-    #: Serve on a non-loopback address with no API keys configured.
-    allow_anonymous: bool = False
-    #: ``/metrics`` without an API key even when keys are configured.
-    metrics_public: bool = False
-    cors_origins: tuple[str, ...] = ()
-    tls_certfile: Path | None = None
-    tls_keyfile: Path | None = None
-    batch_max_requests: PositiveInt = 100
-    batch_concurrency: PositiveInt = 16
-    #: Seconds given to calls in flight at shutdown (SIGTERM) before they are cancelled.
-    shutdown_grace: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10.0
-    #: Seconds a ``/readyz`` probe waits for each backend.
-    readiness_timeout: PositiveFloat = 2.0
-    #: Open client connections (HTTP and WebSocket) at most. ``None``: as
-    #: many as the descriptor limit leaves once the backends' connections are
-    #: set aside. At the cap an idle connection, or one still sending its
-    #: headers, is closed to make room; with none, a 503 ``too-many-connections``.
-    max_client_connections: PositiveInt | None = None
-    #: Seconds a client has to send a request's headers (408 ``request-timeout``).
-    header_timeout: PositiveFloat = 10.0
-    #: Seconds a request body may stall (no byte arriving) while the gateway reads it.
-    body_timeout: PositiveFloat = 30.0
-    #: Seconds an idle keep-alive connection is kept open between requests.
-    keepalive_timeout: PositiveFloat = 5.0
-    #: Most bytes of a request header block; past it, 431 ``headers-too-large``.
-    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
-    #: After a response sent before the request body was read (an early 413),
-    #: the rest of the body is read and dropped for at most this many seconds
-    #: and ``linger_bytes`` bytes, so that a client still sending sees the answer.
-    linger_timeout: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 5.0
-    linger_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
-    #: Deepest nesting accepted in a payload and produced in a result.
-    max_depth: Annotated[int, Field(ge=1, le=10_000)] = 256
-    #: Most text (strings, base64 of bytes) in one result; a reply that shares
-    #: one large string many times would otherwise expand without bound.
-    max_result_bytes: PositiveInt = DEFAULT_MAX_RESULT_BYTES
-    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
-    log_format: Literal["text", "json"] = "text"
+    host: str = Field(
+        default="127.0.0.1", description="Address to listen on (`--host` wins over it)."
+    )
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=8000, description="Port to listen on; 0 picks a free one (`--port` wins over it)."
+    )
+    default_backend: str | None = Field(
+        default=None,
+        description="Backend of a call that names none; may be left out when there is one.",
+    )
+    max_body_bytes: PositiveInt = Field(
+        default=1024 * 1024, description="Largest request body, refused while it is read (413)."
+    )
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Listen on a non-loopback address even though no API key is configured.",
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve `/metrics` without an API key even when keys are configured.",
+    )
+    cors_origins: tuple[str, ...] = Field(
+        default=(),
+        description='Origins browsers may call from (`["https://app.example"]`); none: CORS off.',
+    )
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="Certificate chain (PEM); with `tls_keyfile`, the gateway serves HTTPS.",
+    )
+    tls_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of `tls_certfile`."
+    )
+    batch_max_requests: PositiveInt = Field(
+        default=100, description="Calls in one `POST /compute/batch` at most."
+    )
+    batch_concurrency: PositiveInt = Field(
+        default=16, description="Calls of one batch running at the same time."
+    )
+    shutdown_grace: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        default=10.0,
+        description="Seconds calls in flight get to finish after SIGTERM before they are "
+        "cancelled (also every pool's `close_grace`).",
+    )
+    readiness_timeout: PositiveFloat = Field(
+        default=2.0, description="Seconds a `/readyz` probe waits for each backend."
+    )
+    max_client_connections: PositiveInt | None = Field(
+        default=None,
+        description="Open client connections (HTTP and WebSocket) at most; unset: what the "
+        "descriptor limit leaves beside the backends' connections. At the cap an idle "
+        "connection, or one still sending its headers, is closed to make room; with none, "
+        "a 503 `too-many-connections`.",
+    )
+    header_timeout: PositiveFloat = Field(
+        default=10.0,
+        description="Seconds a client has to send a request's headers (408 `request-timeout`).",
+    )
+    body_timeout: PositiveFloat = Field(
+        default=30.0,
+        description="Seconds a request body may stall, no byte arriving, while it is read (408).",
+    )
+    keepalive_timeout: PositiveFloat = Field(
+        default=5.0,
+        description="Seconds an idle keep-alive connection stays open between requests.",
+    )
+    max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=64 * 1024,
+        description="Largest request header block, in bytes (431 `headers-too-large` past it).",
+    )
+    linger_timeout: Annotated[float, Field(ge=0, allow_inf_nan=False)] = Field(
+        default=5.0,
+        description="After an answer sent before the body was read (an early 413), seconds "
+        "the rest of the body is read and dropped, so a client still sending sees the answer.",
+    )
+    linger_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=64 * 1024 * 1024, description="Bytes read and dropped that way at most."
+    )
+    max_depth: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=256, description="Deepest nesting accepted in a payload and produced in a result."
+    )
+    max_result_bytes: PositiveInt = Field(
+        default=DEFAULT_MAX_RESULT_BYTES,
+        description="Most text (strings, base64 of bytes) in one result, so a reply that "
+        "repeats one large string cannot expand without bound (502 past it).",
+    )
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        default="info", description='Least severe log lines written (`"debug"` ... `"critical"`).'
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description='`"text"` lines, or `"json"`: one object per line.'
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -342,43 +397,82 @@ class _BackendTable(_Section):
     one key per name in ``POOL_KEYS``, read back as :attr:`pool`.
     """
 
-    address: Addresses
-    authkey_env: str | None = None
-    authkey_file: Path | None = None
-    #: A key written in the file itself: works, but is logged as a warning.
-    authkey: SecretStr | None = None
-    payload_schema: dict[str, Any] | None = None
-    #: ``"listener"``: calls with payloads; ``"manager"``: a ``multiprocessing.managers``
-    #: server, whose shared objects are REST resources (see :mod:`gateway.objects`).
-    kind: Literal["listener", "manager"] = "listener"
-    #: Manager backends (required there): the typeids clients may create; ``["*"]``: any.
-    typeids: tuple[str, ...] | None = None
-    #: Manager backends: per typeid, the only methods clients may call (of those exposed).
-    methods: dict[str, tuple[str, ...]] = {}
-    #: Manager backends: seconds an object created through the gateway may stay
-    #: unused before its reference is released.
-    object_ttl: PositiveFloat = 3600.0
-    #: Manager backends: the most objects the gateway holds at once.
-    max_objects: PositiveInt = 10_000
+    address: Addresses = Field(
+        description='Where the server listens: `"host:port"`, `"[::1]:port"`, `"unix:/path"`, '
+        '`"unix:@name"`, or a list of them (replicas).',
+    )
+    authkey_env: str | None = Field(
+        default=None, description="Environment variable holding the server's authkey."
+    )
+    authkey_file: Path | None = Field(
+        default=None, description="File holding the server's authkey (a final newline is dropped)."
+    )
+    authkey: SecretStr | None = Field(
+        default=None,
+        description="The authkey written in the file itself: works, but is logged as a "
+        "warning (prefer the two keys above).",
+    )
+    payload_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON Schema every payload must match before it is sent (at most 64 "
+        'levels of tables and arrays; write recursive shapes with `"$ref"`).',
+    )
+    kind: Literal["listener", "manager"] = Field(
+        default="listener",
+        description='`"listener"`: calls with payloads; `"manager"`: a '
+        "`multiprocessing.managers` server, whose shared objects are REST resources.",
+    )
+    typeids: tuple[str, ...] | None = Field(
+        default=None,
+        description="Manager backends (required there): the typeids clients may create; "
+        '`["*"]`: any.',
+    )
+    methods: dict[str, tuple[str, ...]] = Field(
+        default={},
+        description="Manager backends: per typeid, the only methods clients may call (of "
+        "those the server exposes).",
+    )
+    object_ttl: PositiveFloat = Field(
+        default=3600.0,
+        description="Manager backends: seconds an object created through the gateway may "
+        "stay unused before its reference is released.",
+    )
+    max_objects: PositiveInt = Field(
+        default=10_000, description="Manager backends: objects the gateway holds at once at most."
+    )
 
     # -- streaming (``/stream``): the gateway's keys, not the pool's ------------------
-    #: The backend's own end of a stream (see :mod:`gateway.routes.stream`):
-    #: ``"idle"`` (a silent gap of ``stream_idle_timeout``), ``"closed"`` (the
-    #: backend closes its connection), ``"count"`` (every request must say
-    #: ``replies``) or ``"sentinel"`` (a reply equal to ``stream_sentinel``).
-    stream_end: Literal["idle", "closed", "count", "sentinel"] = "idle"
-    #: The sentinel reply as JSON text (TOML has no null): ``"null"``, ``'"done"'``.
-    stream_sentinel: str = "null"
-    #: Seconds of silence after a reply that end a stream (reason ``idle``).
-    stream_idle_timeout: PositiveFloat = 5.0
-    #: Seconds of silence between two SSE heartbeat comments.
-    stream_heartbeat_interval: PositiveFloat = 15.0
-    #: Most replies in one stream (and the largest ``replies`` a request may ask).
-    max_replies: PositiveInt = 10_000
-    #: Largest reply of a stream, in bytes of pickle (and at most ``max_frame``).
-    max_reply_bytes: PositiveInt = 1024 * 1024
-    #: Streams open at once on this backend; past it, 503 ``too-many-streams``.
-    max_streams: PositiveInt = 100
+    # (how the backend's end of a stream is told: see :mod:`gateway.routes.stream`)
+    stream_end: Literal["idle", "closed", "count", "sentinel"] = Field(
+        default="idle",
+        description='How this backend\'s streams end: `"idle"` (`stream_idle_timeout` of '
+        'silence), `"closed"` (it closes the connection), `"count"` (each request says '
+        '`replies`) or `"sentinel"` (a reply equal to `stream_sentinel`).',
+    )
+    stream_sentinel: str = Field(
+        default="null",
+        description='With `stream_end = "sentinel"`: the last reply, as JSON text '
+        "(`'\"done\"'`; TOML has no null).",
+    )
+    stream_idle_timeout: PositiveFloat = Field(
+        default=5.0, description="Seconds of silence after a reply that end a stream."
+    )
+    stream_heartbeat_interval: PositiveFloat = Field(
+        default=15.0,
+        description="Seconds without a reply after which an SSE stream gets a comment.",
+    )
+    max_replies: PositiveInt = Field(
+        default=10_000,
+        description="Replies in one stream at most (and the largest `replies` asked).",
+    )
+    max_reply_bytes: PositiveInt = Field(
+        default=1024 * 1024,
+        description="Largest reply of a stream, in bytes of pickle (and at most `max_frame`).",
+    )
+    max_streams: PositiveInt = Field(
+        default=100,
+        description="Streams open at once on this backend (503 `too-many-streams` past it).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -471,7 +565,7 @@ class _BackendTable(_Section):
 
 
 def _pool_key(f: dataclasses.Field[Any], annotation: Any) -> tuple[Any, Any]:
-    """The pydantic field of one ``PoolSettings`` field: its type, default, rule and old names."""
+    """The pydantic field of one ``PoolSettings`` field: type, default, rule, meaning, old names."""
 
     def check(value: object) -> object:
         problem = field_problem(f.name, value)
@@ -481,12 +575,15 @@ def _pool_key(f: dataclasses.Field[Any], annotation: Any) -> tuple[Any, Any]:
 
     old_names = [old for old, new in RENAMED_BACKEND_KEYS.items() if new == f.name]
     alias = AliasChoices(f.name, *old_names) if old_names else None
+    description = field_doc(f.name)
     if f.default_factory is not dataclasses.MISSING:
-        info = Field(default_factory=f.default_factory, validation_alias=alias)
+        info = Field(
+            default_factory=f.default_factory, validation_alias=alias, description=description
+        )
     elif f.default is not dataclasses.MISSING:
-        info = Field(default=f.default, validation_alias=alias)
+        info = Field(default=f.default, validation_alias=alias, description=description)
     else:
-        info = Field(validation_alias=alias)
+        info = Field(validation_alias=alias, description=description)
     return Annotated[annotation, AfterValidator(check)], info
 
 
@@ -516,10 +613,14 @@ else:
 class ApiKeySettings(_Section):
     """One ``[[auth.keys]]`` entry: a client key, stored as its SHA-256."""
 
-    name: str
-    sha256: str
-    #: Backend names this key may call, or ``["*"]`` for all of them.
-    backends: tuple[str, ...] = ("*",)
+    name: str = Field(description="The key's name, in logs and problems (never the key).")
+    sha256: str = Field(
+        description='Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`); the key itself '
+        "is never configured."
+    )
+    backends: tuple[str, ...] = Field(
+        default=("*",), description='Backends this key may use; `["*"]`: all of them.'
+    )
 
     @field_validator("sha256", mode="before")
     @classmethod
@@ -545,33 +646,59 @@ class WebSocketSettings(_Section):
     any server.
     """
 
-    #: Calls in flight on one ``/ws`` socket; past it the gateway stops reading.
-    max_in_flight: PositiveInt = 64
-    #: Largest message a client may send (close code 1009 past it).
-    max_message_bytes: PositiveInt = 1024 * 1024
-    #: Messages waiting to be written to one socket.
-    send_queue: PositiveInt = 256
-    #: Seconds a message may wait for room in a full send queue before the
-    #: client, which is not reading, is disconnected (close code 1008).
-    send_timeout: PositiveFloat = 10.0
-    #: Open sessions per backend (each holds its own backend connection).
-    max_sessions_per_backend: PositiveInt = 100
-    #: Seconds without a message in either direction before a session is closed.
-    session_idle_timeout: PositiveFloat = 300.0
-    #: Seconds between keepalive pings; ``ping_timeout`` seconds without a pong close the socket.
-    ping_interval: PositiveFloat | None = 20.0
-    ping_timeout: PositiveFloat | None = 20.0
-    per_message_deflate: bool = False
-    #: Open WebSockets at most (both routes); past it a handshake gets a 503
-    #: ``too-many-connections`` problem.
-    max_sockets: PositiveInt = 1000
-    #: Bytes waiting in a socket's transport before the gateway stops reading
-    #: from the client (pings and calls alike); a socket that stays over it
-    #: for ``send_timeout`` seconds is dropped with 1008 ``slow-client``.
-    write_buffer_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
-    #: Seconds the gateway waits for the client's answer to its close frame
-    #: (refusals included); what the client sends meanwhile is read and dropped.
-    close_timeout: PositiveFloat = 5.0
+    max_in_flight: PositiveInt = Field(
+        default=64,
+        description="Calls running at once on one `/ws` socket; past it the gateway stops reading.",
+    )
+    max_message_bytes: PositiveInt = Field(
+        default=1024 * 1024,
+        description="Largest message a client may send (close code 1009 past it).",
+    )
+    send_queue: PositiveInt = Field(
+        default=256, description="Messages waiting to be written to one socket."
+    )
+    send_timeout: PositiveFloat = Field(
+        default=10.0,
+        description="Seconds a message may wait for room in a full send queue before the "
+        "client, which is not reading, is dropped (1008).",
+    )
+    max_sessions_per_backend: PositiveInt = Field(
+        default=100,
+        description="Open sessions per backend, each with a backend connection of its own "
+        "(1013 past it).",
+    )
+    session_idle_timeout: PositiveFloat = Field(
+        default=300.0,
+        description="Seconds without a message either way before a session is closed (1001).",
+    )
+    ping_interval: PositiveFloat | None = Field(
+        default=20.0, description="Seconds between the server's keepalive pings."
+    )
+    ping_timeout: PositiveFloat | None = Field(
+        default=20.0,
+        description="Seconds without an answer to a ping before the socket is closed.",
+    )
+    per_message_deflate: bool = Field(
+        default=False,
+        description="Compress messages; off, since small JSON messages gain little and it "
+        "costs CPU.",
+    )
+    max_sockets: PositiveInt = Field(
+        default=1000,
+        description="Open WebSockets at most, both routes; past it a handshake gets a 503 "
+        "`too-many-connections` problem.",
+    )
+    write_buffer_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=64 * 1024,
+        description="Bytes waiting in a socket's transport before the gateway stops reading "
+        "from the client (pings and calls alike); over it for `send_timeout` seconds, the "
+        "client is dropped with 1008 `slow-client`.",
+    )
+    close_timeout: PositiveFloat = Field(
+        default=5.0,
+        description="Seconds the gateway waits for the client's close frame after its own "
+        "(refusals included); then the connection is aborted.",
+    )
 
 
 class AuthSettings(_Section):
@@ -661,16 +788,89 @@ def _key_path(loc: Sequence[int | str]) -> str:
 
 
 _MESSAGES = {
-    "extra_forbidden": "unknown key",
     "missing": "required key is missing",
 }
 
 
 def _describe(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return _unknown_key(error["loc"])
     message = _MESSAGES.get(error["type"])
     if message is None:
         message = str(error["msg"]).removeprefix("Value error, ")
     return message
+
+
+# -- unknown keys: what was meant -------------------------------------------------------
+
+
+def table_of(annotation: Any) -> tuple[type[BaseModel], Literal["table", "named", "array"]] | None:
+    """The model of a key that holds tables, and how: ``None`` for a key that holds a value.
+
+    ``"table"``: one table (``[gateway]``); ``"named"``: a table per name
+    (``[backends.NAME]``); ``"array"``: an array of tables (``[[auth.keys]]``).
+    The README's table of keys and the "did you mean" of an unknown key walk
+    the models with it, so both follow every table added.
+    """
+    how: Literal["table", "named", "array"] = "table"
+    while True:
+        origin = typing.get_origin(annotation)
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if origin in (typing.Union, types.UnionType) and len(args) == 1:
+            annotation = args[0]  # an optional table
+        elif origin is dict and how == "table" and len(args) == 2:
+            annotation, how = args[1], "named"
+        elif origin is tuple and how == "table" and len(args) == 2 and args[1] is Ellipsis:
+            annotation, how = args[0], "array"
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation, how
+        else:
+            return None
+
+
+def _keys_at(loc: Sequence[int | str]) -> list[str]:
+    """The keys a table accepts at ``loc`` (a pydantic error location), or none if unknown."""
+    model: type[BaseModel] = Settings
+    parts = list(loc)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
+        table = None if field is None else table_of(field.annotation)
+        if table is None:
+            return []
+        model, how = table
+        if how != "table":
+            if not parts:
+                return []  # the name of a table, or an index: any is valid
+            parts.pop(0)
+    return list(model.model_fields)
+
+
+def _unknown_key(loc: Sequence[int | str]) -> str:
+    """``unknown key``, with the key that was probably meant (a name, never a value)."""
+    *parent, typed = loc
+    if len(parent) == 2 and parent[0] == "backends" and typed in GATEWAY_WIDE_POOL_FIELDS:
+        return f"unknown key: {GATEWAY_WIDE_POOL_FIELDS[str(typed)]}"
+    close = difflib.get_close_matches(str(typed).lower(), _keys_at(parent), n=1)
+    return f"unknown key; did you mean {close[0]}?" if close else "unknown key"
+
+
+def _unknown_sections(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Variables ``CONNBRIDGE_<SECTION>__...`` whose section does not exist.
+
+    pydantic-settings reads only the variables of known sections, so a typo
+    in a section's name would otherwise be ignored without a word.
+    (``CONNBRIDGE_`` names without ``__`` are left alone: the tests' switches,
+    Kubernetes' service variables.)
+    """
+    problems = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(_ENV_PREFIX) or "__" not in name:
+            continue
+        loc = name.removeprefix(_ENV_PREFIX).lower().split("__")
+        if loc[0] not in Settings.model_fields:
+            problems.append((f"{loc[0]} (from {name})", _unknown_key(loc[:1])))
+    return problems
 
 
 def _origin(loc: Sequence[int | str], environ: Mapping[str, str]) -> str | None:
@@ -712,6 +912,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             raise ConfigError(source, [("", f"invalid TOML: {exc}")]) from None
         except RecursionError:  # tomllib parses nested tables recursively
             raise ConfigError(source, [("", "invalid TOML: nested too deeply")]) from None
+    problems = _unknown_sections(env)
     try:
         settings = Settings(**data)
     except RecursionError:
@@ -721,7 +922,6 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         # An environment variable that should hold JSON does not.
         raise ConfigError(source, [("", f"{exc} (lists and tables are written as JSON)")]) from None
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             key = _key_path(error["loc"])
             variable = _origin(error["loc"], env)
@@ -729,7 +929,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
                 key += f" (from {variable})"
             problems.append((key, _describe(error)))
         raise ConfigError(source, problems) from None
-    problems = settings.cross_check()
+    problems += settings.cross_check()
     if problems:
         raise ConfigError(source, problems)
     for name, backend in settings.backends.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from gateway_support import PROBLEM, backend_config, problem_type, serve_gateway, sha256_hex
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth import ANONYMOUS, KeyRing, Principal
 from gateway.problems import Forbidden, Unauthorized
@@ -102,6 +103,14 @@ def settings(demo, tmp_path):
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
 
 
 async def test_401_without_or_with_a_bad_key(settings):
@@ -212,6 +221,44 @@ async def test_metrics_follow_the_scope(settings):
         # Gateway-wide series stay (no backend label, or an empty one).
         assert "connbridge_websocket_connections" in scoped
         assert 'route="/metrics",status="200"' in scoped
+
+
+async def test_requests_that_reach_no_backend_are_labelled_dash(settings):
+    """401, 403 and 404 before a backend is chosen: ``backend="-"``, never ``""`` or a name."""
+    async with serve_gateway(settings) as gw:
+        refused = [
+            ("/backends/other/compute", {}, 401),  # no key
+            ("/backends/other/compute", bearer("wrong"), 401),
+            ("/backends/other/compute", bearer(ADDER_ONLY), 403),  # out of its scope
+            ("/backends/ghost/compute", bearer(ADMIN), 404),  # no such backend
+            ("/backends/ghost-2/compute", bearer(ADMIN), 404),
+        ]
+        for path, headers, status in refused:
+            response = await gw.client.post(path, json={"payload": [1, 2]}, headers=headers)
+            assert response.status_code == status, path
+        everything = samples((await gw.client.get("/metrics", headers=bearer(ADMIN))).text)
+        scoped = samples((await gw.client.get("/metrics", headers=bearer(ADDER_ONLY))).text)
+
+    route = "/backends/{name}/compute"
+    for seen in (everything, scoped):
+        requests = [
+            (labels, value)
+            for name, labels, value in seen
+            if name == "connbridge_requests_total" and labels["route"] == route
+        ]
+        assert {labels["status"]: value for labels, value in requests} == {
+            "401": 2,
+            "403": 1,
+            "404": 2,
+        }
+        assert {labels["backend"] for labels, _ in requests} == {"-"}
+        backends = {labels["backend"] for _, labels, _ in seen if "backend" in labels}
+        # No empty label anywhere, and no series per name a caller tried.
+        assert "" not in backends
+        assert not [name for name in backends if "ghost" in name]
+    # The scoped key still learns no other backend's name.
+    assert "other" not in {labels.get("backend") for _, labels, _ in scoped}
+    assert "other" in {labels.get("backend") for _, labels, _ in everything}
 
 
 async def test_a_scoped_key_never_learns_another_backends_name(settings):

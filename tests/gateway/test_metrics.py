@@ -51,8 +51,9 @@ async def test_metrics_after_traffic(demo, tmp_path):
         )
         == 1
     )
-    # Unknown paths share one series: a scanner cannot create new ones.
-    assert value("connbridge_requests_total", route="<unmatched>", backend="", status="404") == 2
+    # Unknown paths share one series: a scanner cannot create new ones. They
+    # reached no backend: "-" (it was "" before issue 17).
+    assert value("connbridge_requests_total", route="<unmatched>", backend="-", status="404") == 2
     assert (
         value("connbridge_request_duration_seconds_count", route="/compute", backend="adder") == 4
     )

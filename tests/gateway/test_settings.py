@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from gateway_support import sha256_hex
+from process_support import child_env, run_cli
 
 from connbridge.addresses import Address
 from gateway.app import create_app
@@ -334,6 +335,84 @@ def test_every_problem_is_reported(tmp_path):
         "backends.a.foo",
         "backends.b.call_timeout",
     }
+
+
+# A value that must never show: it is given to keys whose names are typos.
+SECRET = "s3cr3t-Value-0f-A-Typo-9x7Kq2"
+
+
+def test_a_typo_gets_the_key_it_was_meant_to_be_at_every_level(tmp_path):
+    path = write(
+        tmp_path,
+        f"""
+        [gateway]
+        max_body_byte = 5
+        [backends.adder]
+        address = "unix:/a"
+        max_conections = 3
+        authkey_fiel = "{SECRET}"
+        close_grace = 1.0
+        [websockt]
+        send_queue = 1
+        [websocket]
+        ping_intervall = 1.0
+        [auth]
+        key = []
+        [[auth.keys]]
+        name = "ci"
+        sha256 = "{"0" * 64}"
+        backend = ["{SECRET}"]
+        zzzzzz = 1
+        """,
+    )
+    env = child_env(
+        CONNBRIDGE_GATEWY__PORT=SECRET,
+        CONNBRIDGE_GATEWAY__PROT=SECRET,
+        CONNBRIDGE_BACKENDS__ADDER__ADRESS=SECRET,
+        CONNBRIDGE_WEBSOCKET__SEND_QUEU=SECRET,
+    )
+    result = run_cli("--config", str(path), "--port", "0", env=env)
+    assert result.returncode == 2, result.stderr
+    prefix = "connbridge-gateway: error: "
+    lines = [line.removeprefix(prefix) for line in result.stderr.splitlines()]
+    assert sorted(lines) == sorted(
+        f"{path}: {key}: {message}"
+        for key, message in [
+            ("gatewy (from CONNBRIDGE_GATEWY__PORT)", "unknown key; did you mean gateway?"),
+            ("gateway.max_body_byte", "unknown key; did you mean max_body_bytes?"),
+            ("gateway.prot (from CONNBRIDGE_GATEWAY__PROT)", "unknown key; did you mean port?"),
+            ("backends.adder.max_conections", "unknown key; did you mean max_connections?"),
+            ("backends.adder.authkey_fiel", "unknown key; did you mean authkey_file?"),
+            (
+                "backends.adder.adress (from CONNBRIDGE_BACKENDS__ADDER__ADRESS)",
+                "unknown key; did you mean address?",
+            ),
+            ("backends.adder.close_grace", "unknown key: every pool gets [gateway] shutdown_grace"),
+            ("websockt", "unknown key; did you mean websocket?"),
+            ("websocket.ping_intervall", "unknown key; did you mean ping_interval?"),
+            (
+                "websocket.send_queu (from CONNBRIDGE_WEBSOCKET__SEND_QUEU)",
+                "unknown key; did you mean send_queue?",
+            ),
+            ("auth.key", "unknown key; did you mean keys?"),
+            ("auth.keys[0].backend", "unknown key; did you mean backends?"),
+            ("auth.keys[0].zzzzzz", "unknown key"),  # nothing close: no guess
+        ]
+    )
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_variables_of_no_section_are_left_alone_without_a_double_underscore(tmp_path, monkeypatch):
+    # Kubernetes' service variables (CONNBRIDGE_PORT, ...) and the tests' switches.
+    path = write(tmp_path, '[backends.a]\naddress = "unix:/a"\n')
+    monkeypatch.setenv("CONNBRIDGE_PORT", "tcp://10.0.0.1:8000")
+    monkeypatch.setenv("CONNBRIDGE_SERVICE_HOST", "10.0.0.1")
+    assert load_settings(path).gateway.port == 8000
+    monkeypatch.setenv("CONNBRIDGE_BACKEND__A__ADDRESS", "unix:/b")
+    assert errors_of(path) == [
+        f"{path}: backend (from CONNBRIDGE_BACKEND__A__ADDRESS): unknown key; "
+        "did you mean backends?"
+    ]
 
 
 def test_missing_file(tmp_path):
