@@ -10,9 +10,10 @@ of ``POST /compute/batch`` (and, later, the WebSocket routes):
    ``payload_schema``, turns it into Python with the codec, makes the call
    through the pool, and turns the reply into JSON.
 
-``timeout`` can only shorten a call: the effective timeout is the smaller of
-the request's and the backend's configured ``timeout``, so a client cannot
-hold a pooled connection longer than the operator allows.
+``timeout`` can only shorten a call: the effective timeout is the smallest of
+the request's, its ``Request-Timeout`` header's and the backend's configured
+``call_timeout`` (:func:`gateway.deadlines.effective_timeout`), so a client
+cannot hold a pooled connection longer than the operator allows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Final, get_args
 from connbridge.codec import ResultFormat, from_json, to_json
 from connbridge.errors import BackendUnavailable, HandshakeError, PayloadError
 
+from .deadlines import effective_timeout
 from .problems import BackendRaised, InvalidPayload, InvalidRequest, pointer
 from .state import Backend, GatewayState
 
@@ -164,8 +166,12 @@ async def run_call(
     call: CallRequest,
     *,
     at: Sequence[str | int] = (),
+    request_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Make the call and return the success body ``{"result", "backend", "elapsed_ms"}``.
+
+    ``request_timeout`` is the request's ``Request-Timeout`` header (seconds),
+    which shortens the call as its ``timeout`` does.
 
     Raises:
         WrongBackendKind: the backend is a manager (it takes no payloads).
@@ -180,9 +186,7 @@ async def run_call(
     backend.refuse_payloads()
     obj = decode_payload(state, backend, call.payload, at=(*at, "payload"))
     pool = backend.running_pool()
-    timeout = call.timeout
-    if timeout is not None and timeout > backend.timeout:
-        timeout = None  # the backend's own limit is the smaller one
+    timeout = effective_timeout(backend, call.timeout, request_timeout)
     started = time.perf_counter()
     try:
         result = await pool.call(obj, timeout=timeout)

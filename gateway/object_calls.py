@@ -9,8 +9,8 @@ is for payload calls. Shapes, checked by hand:
   on ``/ws`` with ``"object"`` and ``"method"`` (and ``"backend"?``) too.
 
 ``args`` items and ``kwargs`` values are tagged JSON, decoded by the codec
-as payloads are. ``timeout`` can only shorten a call, as in
-:mod:`gateway.calls`.
+as payloads are. ``timeout`` (and the request's ``Request-Timeout`` header)
+can only shorten a call, as in :mod:`gateway.calls`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from connbridge.errors import BackendUnavailable, HandshakeError, PayloadError
 from connbridge.manager import NestedProxy
 
 from .calls import RESULT_FORMATS
+from .deadlines import effective_timeout
 from .objects import HeldObject
 from .problems import InvalidPayload, InvalidRequest, pointer
 from .state import Backend, GatewayState
@@ -177,19 +178,23 @@ def _decode_one(state: GatewayState, value: object, at: tuple[str | int, ...]) -
         raise _Refused(exc, pointer([*at, *exc.path])) from None
 
 
-def _timeout(backend: Backend, asked: float | None) -> float | None:
-    # Only ever shorter than the backend's own limit.
-    return asked if asked is not None and asked <= backend.timeout else None
+async def run_create(
+    state: GatewayState,
+    backend: Backend,
+    request: ObjectCreate,
+    *,
+    request_timeout: float | None = None,
+) -> HeldObject:
+    """Create an object; raises as :meth:`ObjectTable.create` and ``InvalidPayload``.
 
-
-async def run_create(state: GatewayState, backend: Backend, request: ObjectCreate) -> HeldObject:
-    """Create an object; raises as :meth:`ObjectTable.create` and ``InvalidPayload``."""
+    ``request_timeout`` is the ``Request-Timeout`` header (seconds), as for
+    :func:`run_method_call`.
+    """
     objects = backend.running_objects()
     args, kwargs = _decode(state, request.args, request.kwargs)
+    timeout = effective_timeout(backend, request.timeout, request_timeout)
     try:
-        return await objects.create(
-            request.typeid, args, kwargs, timeout=_timeout(backend, request.timeout)
-        )
+        return await objects.create(request.typeid, args, kwargs, timeout=timeout)
     except BackendUnavailable as exc:
         if exc.handshake_failed:
             raise HandshakeError(str(exc)) from exc
@@ -197,9 +202,18 @@ async def run_create(state: GatewayState, backend: Backend, request: ObjectCreat
 
 
 async def run_method_call(
-    state: GatewayState, backend: Backend, ident: str, method: str, call: MethodCall
+    state: GatewayState,
+    backend: Backend,
+    ident: str,
+    method: str,
+    call: MethodCall,
+    *,
+    request_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Call a method; the success body ``{"result", "backend", "elapsed_ms"}``.
+
+    ``request_timeout`` is the request's ``Request-Timeout`` header (seconds;
+    on ``/ws``, the upgrade's), which shortens the call as its ``timeout`` does.
 
     Raises:
         WrongBackendKind: the backend is not a manager.
@@ -210,11 +224,10 @@ async def run_method_call(
     objects = backend.running_objects()
     held = objects.get(ident)  # an unknown object is told before its arguments
     args, kwargs = _decode(state, call.args, call.kwargs)
+    timeout = effective_timeout(backend, call.timeout, request_timeout)
     started = time.perf_counter()
     try:
-        answer = await objects.call(
-            held.ident, method, args, kwargs, timeout=_timeout(backend, call.timeout)
-        )
+        answer = await objects.call(held.ident, method, args, kwargs, timeout=timeout)
     except BackendUnavailable as exc:
         if exc.handshake_failed:
             raise HandshakeError(str(exc)) from exc

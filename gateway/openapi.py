@@ -8,7 +8,8 @@ a component ``Payload.<name>`` used by its own operation
 ``POST /backends/<name>/compute``. A manager backend's create body is a
 component ``ObjectCreate.<name>`` whose ``typeid`` lists its ``typeids``.
 When API keys are configured, a bearer security scheme is declared and
-required on every operation that needs one.
+required on every operation that needs one. Every operation that calls a
+backend declares the ``Request-Timeout`` header (:func:`with_request_timeout`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from .deadlines import REQUEST_TIMEOUT
 from .problems import MEDIA_TYPE, PROBLEM_TYPES
 from .schemas import (
     STREAM_ITEMS,
@@ -40,6 +42,7 @@ __all__ = [
     "problem_responses",
     "request_body",
     "stream_responses",
+    "with_request_timeout",
 ]
 
 _REF: Final = "#/components/schemas/"
@@ -58,6 +61,29 @@ def request_body(component: str, example: Any = None) -> dict[str, Any]:
     if example is not None:
         media["example"] = example
     return {"requestBody": {"required": True, "content": {"application/json": media}}}
+
+
+def with_request_timeout(extra: dict[str, Any], note: str = "") -> dict[str, Any]:
+    """``extra`` (an ``openapi_extra``) with the ``Request-Timeout`` header parameter added.
+
+    ``note`` ends the parameter's description: what the header bounds there.
+    """
+    description = (
+        "Seconds this request may take, a number > 0 such as `2.5` (as the body's "
+        "`timeout`): it can only shorten the backend's `call_timeout`, and with a `timeout` "
+        "in the body the smaller one holds. Past it: 504 `backend-timeout`. A value that is "
+        "not a number of seconds > 0, or the header given twice: 422 "
+        "`invalid-request-timeout`."
+    )
+    parameter = {
+        "name": REQUEST_TIMEOUT,
+        "in": "header",
+        "required": False,
+        "description": f"{description} {note}".rstrip(),
+        "schema": {"type": "number", "exclusiveMinimum": 0},
+        "example": 2.5,
+    }
+    return {**extra, "parameters": [*extra.get("parameters", ()), parameter]}
 
 
 def _titles(status: int) -> str:

@@ -26,6 +26,8 @@ not-acceptable                 406     ``/stream``: an ``Accept`` with neither s
 body-too-large                 413     a body over ``max_body_bytes``
 unsupported-media-type         415     a body that is not ``application/json``
 invalid-request                422     a request body of the wrong shape
+invalid-request-timeout        422     a ``Request-Timeout`` header that is no number of
+                                       seconds > 0, or given twice (:mod:`gateway.deadlines`)
 invalid-payload                422     a payload the schema or the codec refuses
 headers-too-large              431     request headers over ``max_header_bytes``
 backend-exception              502     the backend answered with an exception
@@ -75,6 +77,7 @@ The gateway's own request errors are the :class:`GatewayError` subtree
     ├── Forbidden
     ├── UnknownBackend
     ├── InvalidRequest              (errors: list of {"detail", "pointer"})
+    │   └── InvalidRequestTimeout   (errors: [{"detail", "parameter", "in": "header"}])
     ├── InvalidPayload              (errors, as above)
     ├── BackendRaised               (the backend's exception object)
     ├── NotReady
@@ -142,6 +145,7 @@ __all__ = [
     "HeadersTooLarge",
     "InvalidPayload",
     "InvalidRequest",
+    "InvalidRequestTimeout",
     "MalformedJSON",
     "NotAcceptable",
     "NotReady",
@@ -235,6 +239,10 @@ class InvalidRequest(GatewayError):
     ) -> None:
         super().__init__(detail, extras={"errors": list(errors)}, pointer=pointer)
         self.errors = list(errors)
+
+
+class InvalidRequestTimeout(InvalidRequest):
+    """The ``Request-Timeout`` header is not one number of seconds > 0; ``errors`` names it."""
 
 
 class InvalidPayload(GatewayError):
@@ -370,6 +378,7 @@ PROBLEM_TYPES: Final[Mapping[type[BaseException], ProblemType]] = {
     BodyTooLarge: _row("body-too-large", 413, "Request body too large"),
     UnsupportedMediaType: _row("unsupported-media-type", 415, "Request body must be JSON"),
     InvalidRequest: _row("invalid-request", 422, "Invalid request"),
+    InvalidRequestTimeout: _row("invalid-request-timeout", 422, "Invalid Request-Timeout header"),
     RequestValidationError: _row("invalid-request", 422, "Invalid request"),
     InvalidPayload: _row("invalid-payload", 422, "Invalid payload"),
     PayloadError: _row("invalid-payload", 422, "Invalid payload"),

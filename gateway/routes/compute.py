@@ -29,8 +29,9 @@ from connbridge.errors import ConnbridgeError
 from ..body import read_json
 from ..calls import parse_call, run_call
 from ..context import request_context, set_backend, set_route
+from ..deadlines import header_timeout
 from ..deps import authenticate, gateway_state
-from ..openapi import compute_request_ref, problem_responses, request_body
+from ..openapi import compute_request_ref, problem_responses, request_body, with_request_timeout
 from ..problems import InvalidRequest, pointer, problem_object
 from ..schemas import BatchResponse, ComputeResponse
 from ..state import Backend, GatewayState
@@ -61,6 +62,7 @@ _FIRST_REPLY_ONLY: Final = {EXTRA_REPLIES_HEADER: "discarded"}
 async def _compute(request: Request, name: str | None) -> Response:
     state = gateway_state(request.app)
     caller = authenticate(request, state)  # before the body is read
+    request_timeout = header_timeout(request.scope)
     gateway = state.settings.gateway
     body = await read_json(request, gateway.max_body_bytes, gateway.body_timeout)
     call = parse_call(body)
@@ -74,7 +76,7 @@ async def _compute(request: Request, name: str | None) -> Response:
     # A name from the path has no place in the body for an error to point at.
     backend = state.backend_for(caller, call.backend, at=None if name is not None else ())
     set_backend(request.scope, backend.name)
-    answer = await run_call(state, backend, call)
+    answer = await run_call(state, backend, call, request_timeout=request_timeout)
     if backend.settings.pool.replies == "many":
         # Such a backend may answer again: say that only the first reply is here.
         return Response(orjson.dumps(answer), media_type=_JSON, headers=_FIRST_REPLY_ONLY)
@@ -109,9 +111,11 @@ def _add_backend_route(
         ),
         response_model=ComputeResponse,
         responses=problem_responses(_CALL_ERRORS, _CALL_DESCRIPTIONS),
-        openapi_extra=request_body(
-            compute_request_ref(name if has_schema else None),
-            backend_example if has_schema else example,
+        openapi_extra=with_request_timeout(
+            request_body(
+                compute_request_ref(name if has_schema else None),
+                backend_example if has_schema else example,
+            )
         ),
     )
 
@@ -119,6 +123,7 @@ def _add_backend_route(
 async def _compute_batch(request: Request) -> Response:
     state = gateway_state(request.app)
     caller = authenticate(request, state)
+    request_timeout = header_timeout(request.scope)  # it bounds every entry
     settings = state.settings.gateway
     body = await read_json(request, settings.max_body_bytes, settings.body_timeout)
     requests = _batch_requests(body, settings.batch_max_requests)
@@ -135,7 +140,7 @@ async def _compute_batch(request: Request) -> Response:
             backend = state.backend_for(caller, call.backend, at=at)
             backend_name = backend.name
             async with limit:
-                return await run_call(state, backend, call, at=at)
+                return await run_call(state, backend, call, at=at, request_timeout=request_timeout)
         except Exception as exc:
             if not isinstance(exc, ConnbridgeError):
                 logger.error("batch entry %d failed", index, exc_info=exc)
@@ -167,7 +172,7 @@ def router(state: GatewayState) -> APIRouter:
         ),
         response_model=ComputeResponse,
         responses=problem_responses(_CALL_ERRORS, _CALL_DESCRIPTIONS),
-        openapi_extra=request_body(compute_request_ref(), example),
+        openapi_extra=with_request_timeout(request_body(compute_request_ref(), example)),
     )
     async def compute(request: Request) -> Response:
         return await _compute(request, None)
@@ -191,8 +196,9 @@ def router(state: GatewayState) -> APIRouter:
         ),
         response_model=BatchResponse,
         responses=problem_responses(_BATCH_ERRORS),
-        openapi_extra=request_body(
-            "BatchRequest", {"requests": [{"payload": [1, 2]}, {"payload": [3, 4]}]}
+        openapi_extra=with_request_timeout(
+            request_body("BatchRequest", {"requests": [{"payload": [1, 2]}, {"payload": [3, 4]}]}),
+            "Caps the `timeout` of every entry.",
         ),
     )
     async def compute_batch(request: Request) -> Response:

@@ -28,9 +28,10 @@ from starlette.responses import Response
 
 from ..body import read_json
 from ..context import set_backend, set_route
+from ..deadlines import effective_timeout, header_timeout
 from ..deps import authenticate, gateway_state
 from ..object_calls import parse_create, parse_method_call, run_create, run_method_call
-from ..openapi import problem_responses, request_body
+from ..openapi import problem_responses, request_body, with_request_timeout
 from ..schemas import ComputeResponse, ObjectDescription
 from ..state import Backend, GatewayState
 
@@ -70,8 +71,9 @@ async def _body(request: Request, state: GatewayState) -> object:
 
 async def _create(request: Request, name: str) -> Response:
     state, backend = _backend(request, name, _OBJECTS)
+    request_timeout = header_timeout(request.scope)
     create = parse_create(await _body(request, state))
-    held = await run_create(state, backend, create)
+    held = await run_create(state, backend, create, request_timeout=request_timeout)
     return Response(orjson.dumps(held.describe(backend.name)), status_code=201, media_type=_JSON)
 
 
@@ -83,14 +85,18 @@ async def _describe(request: Request, name: str, ident: str) -> Response:
 
 async def _release(request: Request, name: str, ident: str) -> Response:
     _, backend = _backend(request, name, _OBJECT)
-    await backend.running_objects().release(ident, timeout=backend.timeout)
+    timeout = effective_timeout(backend, header_timeout(request.scope))
+    await backend.running_objects().release(ident, timeout=timeout)
     return Response(status_code=204)
 
 
 async def _call(request: Request, name: str, ident: str, method: str) -> Response:
     state, backend = _backend(request, name, _METHOD)
+    request_timeout = header_timeout(request.scope)
     call = parse_method_call(await _body(request, state))
-    answer = await run_method_call(state, backend, ident, method, call)
+    answer = await run_method_call(
+        state, backend, ident, method, call, request_timeout=request_timeout
+    )
     return Response(orjson.dumps(answer), media_type=_JSON)
 
 
@@ -136,8 +142,10 @@ def _add_manager_routes(api: APIRouter, name: str, backend: Backend) -> None:
         "reference to it until `DELETE`, `object_ttl` unused, or shutdown.\n\n" + about,
         response_model=ObjectDescription,
         responses=problem_responses(_CREATE_ERRORS, _DESCRIPTIONS),
-        openapi_extra=request_body(
-            f"ObjectCreate.{name}", {"typeid": example_typeid, "args": [], "kwargs": {}}
+        openapi_extra=with_request_timeout(
+            request_body(
+                f"ObjectCreate.{name}", {"typeid": example_typeid, "args": [], "kwargs": {}}
+            )
         ),
     )
     api.add_api_route(
@@ -159,6 +167,7 @@ def _add_manager_routes(api: APIRouter, name: str, backend: Backend) -> None:
         description="Give back the reference one create took; the object is forgotten "
         "when the gateway holds no more.",
         responses={204: {"description": "Released"}, **problem_responses(_OBJECT_ERRORS)},
+        openapi_extra=with_request_timeout({}),
     )
     api.add_api_route(
         base + "/{ident}/{method}",
@@ -171,17 +180,19 @@ def _add_manager_routes(api: APIRouter, name: str, backend: Backend) -> None:
         '"methods"}}}`, and that object is addressable too.\n\n' + about,
         response_model=ComputeResponse,
         responses=problem_responses(_CALL_ERRORS, _DESCRIPTIONS),
-        openapi_extra={
-            "requestBody": {
-                "required": False,
-                "content": {
-                    _JSON: {
-                        "schema": {"$ref": "#/components/schemas/MethodCall"},
-                        "example": {"args": [1], "kwargs": {}},
-                    }
-                },
+        openapi_extra=with_request_timeout(
+            {
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        _JSON: {
+                            "schema": {"$ref": "#/components/schemas/MethodCall"},
+                            "example": {"args": [1], "kwargs": {}},
+                        }
+                    },
+                }
             }
-        },
+        ),
     )
 
 

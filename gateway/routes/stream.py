@@ -24,7 +24,8 @@ When a stream ends
     * ``idle``: no reply for ``stream_idle_timeout`` seconds after the last
       one (not with ``stream_end = "closed"``, unless the request gives
       ``idle_timeout``).
-    * the overall ``call_timeout`` (or the request's ``timeout``): an error,
+    * the overall ``call_timeout`` (or the request's ``timeout``, or its
+      ``Request-Timeout`` header, the smallest of them): an error,
       ``backend-timeout``.
 
     After a provable end the connection goes back to the pool; after any
@@ -79,9 +80,10 @@ from ..auth import Principal
 from ..body import read_json
 from ..calls import decode_payload
 from ..context import request_context, set_backend, set_route
+from ..deadlines import effective_timeout, header_timeout
 from ..deps import authenticate, gateway_state, header
 from ..metrics import GatewayMetrics
-from ..openapi import problem_responses, request_body, stream_responses
+from ..openapi import problem_responses, request_body, stream_responses, with_request_timeout
 from ..problems import (
     BackendRaised,
     InvalidRequest,
@@ -109,6 +111,8 @@ _DESCRIPTIONS: Final = {
     504: "No first reply within the timeout",
 }
 _HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: What ``Request-Timeout`` bounds on a stream.
+_WHOLE: Final = "Bounds the whole stream, as `timeout` does."
 #: What a stream whose response ended early is left with: the connection is closed.
 _GONE: Final = ConnectionAbortedError("the client went away")
 
@@ -252,6 +256,7 @@ async def _open(request: Request, name: str | None, *, query: bool) -> Response:
     if query and header(scope, b"last-event-id") is not None:
         return Response(status_code=204)  # an EventSource reconnecting: nothing to resume
     framing = pick_framing(header(scope, b"accept"))
+    request_timeout = header_timeout(scope)
     limit = state.settings.gateway.max_body_bytes
     if query:
         stream = query_stream(scope["query_string"], max_bytes=limit)
@@ -269,9 +274,7 @@ async def _open(request: Request, name: str | None, *, query: bool) -> Response:
     set_backend(scope, backend.name)
     _check_limits(backend, stream, query=query)
     obj = decode_payload(state, backend, call.payload, at=("payload",))
-    timeout = call.timeout
-    if timeout is not None and timeout > backend.timeout:
-        timeout = None  # the backend's own limit is the smaller one
+    timeout = effective_timeout(backend, call.timeout, request_timeout)
     streams: _OpenStreams = request.app.state.open_streams
     streams.admit(backend)
     block = backend.running_pool().stream(
@@ -437,7 +440,7 @@ def router(state: GatewayState) -> APIRouter:
         description=described + " The backend is the default one unless `backend` names another.",
         responses=responses,
         response_class=StreamingResponse,
-        openapi_extra=request_body("StreamRequest", example),
+        openapi_extra=with_request_timeout(request_body("StreamRequest", example), _WHOLE),
     )
     async def stream(request: Request) -> Response:
         return await _open(request, None, query=False)
@@ -451,7 +454,7 @@ def router(state: GatewayState) -> APIRouter:
         description=described,
         responses=responses,
         response_class=StreamingResponse,
-        openapi_extra=request_body("StreamRequest", example),
+        openapi_extra=with_request_timeout(request_body("StreamRequest", example), _WHOLE),
     )
     api.add_api_route(
         STREAM_ROUTE,
@@ -464,7 +467,7 @@ def router(state: GatewayState) -> APIRouter:
         "reconnection (`Last-Event-ID`) is answered 204, which stops it.",
         responses={**responses, 204: {"description": "A reconnecting `EventSource`: stop."}},
         response_class=StreamingResponse,
-        openapi_extra={"parameters": _QUERY_PARAMETERS},
+        openapi_extra=with_request_timeout({"parameters": _QUERY_PARAMETERS}, _WHOLE),
     )
     return api
 

@@ -23,8 +23,9 @@ Refusals and close codes
     1007  ``malformed-json``, ``invalid-payload``: a session message that is not
           JSON, or that the codec or the backend's ``payload_schema`` refuses
     1008  ``unauthorized``, ``forbidden``, ``unknown-backend``, ``invalid-request``,
-          ``wrong-backend-kind`` (a session to a manager backend): refused before any
-          backend traffic; ``slow-client``: the client stopped
+          ``wrong-backend-kind`` (a session to a manager backend),
+          ``invalid-request-timeout`` (``/ws`` upgraded with a bad ``Request-Timeout``):
+          refused before any backend traffic; ``slow-client``: the client stopped
           reading
     1009  ``message-too-big``: a message over ``max_message_bytes`` (also sent by
           the server's protocol layer, before the message is read)
@@ -43,6 +44,13 @@ Refusals and close codes
 Keepalive pings, and the message size limit at the protocol level, belong to
 the server: :func:`gateway.cli.uvicorn_options` gives uvicorn's options for
 the ``[websocket]`` settings.
+
+Deadlines: a ``Request-Timeout`` header on the ``/ws`` upgrade bounds every
+call made on the socket, as the header bounds one REST call (each call's
+``timeout`` can shorten it further); it is no limit on the socket's life. A
+session (``/ws/session/{backend}``) ignores it: its messages are not calls,
+nothing pairs a reply with a request, so there is no call to put a deadline
+on, and how long a session lives is ``session_idle_timeout``'s business.
 
 Credentials: the API key comes from the ``Authorization`` header or, for
 browsers, from an ``access_token`` query parameter. The access-log
@@ -68,6 +76,7 @@ from connbridge.errors import ConnbridgeError
 from ..auth import Principal
 from ..calls import RESULT_FORMATS
 from ..context import request_context
+from ..deadlines import header_timeout
 from ..log import log_access
 from ..problems import GatewayError, describe
 from ..state import Backend, GatewayState
@@ -152,6 +161,7 @@ class WebSocketHub:
         """``WS /ws``."""
         try:
             principal = self._authenticate(websocket)
+            request_timeout = header_timeout(websocket.scope)
         except GatewayError as exc:
             await self._refuse(websocket, 1008, problem_reason(exc))
             return
@@ -161,7 +171,9 @@ class WebSocketHub:
         link = Link(websocket, CALLS_ROUTE, self.settings, self.closes)
         ending = None
         try:
-            calls = Calls(link, self.state, principal, self.note_in_flight)
+            calls = Calls(
+                link, self.state, principal, self.note_in_flight, request_timeout=request_timeout
+            )
             ending = await link.serve(("reader", calls.read()))
         finally:
             self._closed(CALLS_ROUTE, started, link, ending)

@@ -16,6 +16,9 @@ any JSON value nested at most :data:`ID_MAX_DEPTH` levels: a deeper one is
 refused (``invalid-request``, with ``"id": null``) rather than echoed, since
 its reply could not be written.
 
+A ``Request-Timeout`` header on the upgrade bounds each call on the socket
+(see :mod:`gateway.deadlines`), as it bounds one REST call.
+
 At most ``max_in_flight`` calls run at once: at the bound the reader stops
 reading from the socket (uvicorn then stops reading from the TCP
 connection), so a fast client is slowed down, never refused.
@@ -92,7 +95,9 @@ def _dumps(message: dict[str, Any]) -> str:
 class Calls:
     """The calls of one ``/ws`` socket: the reader is a worker of its :class:`Link`.
 
-    ``note_in_flight`` is told the number of calls running each time one starts.
+    ``note_in_flight`` is told the number of calls running each time one starts;
+    ``request_timeout`` is the upgrade's ``Request-Timeout`` header (seconds),
+    which bounds each call.
     """
 
     def __init__(
@@ -101,8 +106,11 @@ class Calls:
         state: GatewayState,
         principal: Principal,
         note_in_flight: Callable[[int], None],
+        *,
+        request_timeout: float | None = None,
     ) -> None:
         self.link = link
+        self.request_timeout = request_timeout
         self.state = state
         self.principal = principal
         self.in_flight = 0
@@ -219,9 +227,12 @@ class Calls:
         self._cutoffs.add(cutoff)
         try:
             async with cutoff:
+                limit = self.request_timeout
                 if isinstance(call, CallRequest):
-                    return await run_call(self.state, backend, call)
-                return await run_method_call(self.state, backend, call.object, call.method, call)
+                    return await run_call(self.state, backend, call, request_timeout=limit)
+                return await run_method_call(
+                    self.state, backend, call.object, call.method, call, request_timeout=limit
+                )
         except TimeoutError:
             if cutoff.expired():
                 raise PoolClosed("the gateway shut down before the call finished") from None

@@ -19,6 +19,7 @@ MODULES = [
     "gateway.calls",
     "gateway.cli",
     "gateway.context",
+    "gateway.deadlines",
     "gateway.deps",
     "gateway.log",
     "gateway.metrics",

@@ -14,7 +14,9 @@ with registered callables:
   negative ``start`` makes the constructor raise, so ``create`` fails with
   ``#TRACEBACK``); its ``child()`` returns a new ``Counter``, shared as a
   ``Child`` through ``method_to_typeid`` (a ``#PROXY`` reply);
-* ``get_store``: a shared dict whose ``get``/``put`` may hold other proxies.
+* ``get_store``: a shared dict whose ``get``/``put`` may hold other proxies;
+* ``SlowCounter``: a :class:`Counter` made after ``SlowCounter(seconds)``
+  seconds, for a create that runs out of time.
 
 ``--kind sync`` is a ``SyncManager`` (``dict``, ``list``, ``Queue``,
 ``Namespace`` ...) with ``get_queue`` registered as well.
@@ -25,6 +27,7 @@ from __future__ import print_function
 import argparse
 import queue
 import sys
+import time
 from multiprocessing.managers import BaseManager, SyncManager
 
 sys.dont_write_bytecode = True
@@ -89,6 +92,11 @@ def _store():
     return _STORE
 
 
+def _slow_counter(seconds=0):
+    time.sleep(seconds)
+    return Counter()
+
+
 class QueueManager(BaseManager):
     pass
 
@@ -113,6 +121,11 @@ QueueManager.register(
     create_method=False,
 )
 QueueManager.register("get_store", callable=_store)
+QueueManager.register(
+    "SlowCounter",
+    callable=_slow_counter,
+    exposed=("incr", "value", "echo", "fail", "lookup", "unpicklable"),
+)
 Synced.register("get_queue", callable=_queue)
 
 
