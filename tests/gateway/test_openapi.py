@@ -242,6 +242,10 @@ def test_keys_bring_401_where_a_key_is_asked_for_and_403_where_a_scope_is_checke
             assert "403" in operation["responses"], where
     for where in (("get", "/backends"), ("get", "/metrics"), ("post", "/compute/batch")):
         assert "403" not in operations[where]["responses"], where
+    # Public metrics ask for no key.
+    settings["gateway"] = {**settings["gateway"], "metrics_public": True}
+    metrics = _operations(document_of(settings))[("get", "/metrics")]
+    assert "security" not in metrics and "401" not in metrics["responses"]
 
 
 def test_health_readiness_and_statistics_are_typed():
