@@ -72,6 +72,29 @@ config-table: $(STAMP)
 test-browser: $(STAMP)
 	CONNBRIDGE_BROWSER=1 $(BIN)/python -X dev -m pytest -p no:cacheprovider -m browser tests/browser
 
+# test-clients generates a TypeScript client (openapi-typescript, default options,
+# compiled with tsc --strict) and a Python client (openapi-python-client) from the
+# document a real gateway serves and from openapi/openapi.json, and calls the gateway
+# with both (tests/gateway/test_generated_clients.py). Needs node and npm; the pinned
+# generators go under build/clients (npm there, and a virtualenv of their own).
+OPENAPI_TYPESCRIPT ?= 7.13.0
+TYPESCRIPT ?= 5.9.3
+OPENAPI_PYTHON_CLIENT ?= 0.29.1
+CLIENT_TOOLS := build/clients
+CLIENT_STAMP := $(CLIENT_TOOLS)/.installed-$(OPENAPI_TYPESCRIPT)-$(TYPESCRIPT)-$(OPENAPI_PYTHON_CLIENT)
+.PHONY: test-clients
+$(CLIENT_STAMP):
+	mkdir -p $(CLIENT_TOOLS)/node
+	npm install --prefix $(CLIENT_TOOLS)/node --no-audit --no-fund --save-exact \
+		openapi-typescript@$(OPENAPI_TYPESCRIPT) typescript@$(TYPESCRIPT)
+	test -x $(CLIENT_TOOLS)/venv/bin/python || $(PYTHON) -m venv $(CLIENT_TOOLS)/venv
+	$(CLIENT_TOOLS)/venv/bin/python -m pip install --quiet openapi-python-client==$(OPENAPI_PYTHON_CLIENT)
+	touch $@
+
+test-clients: $(STAMP) $(CLIENT_STAMP)
+	CONNBRIDGE_CLIENTS=1 CONNBRIDGE_CLIENT_TOOLS=$(abspath $(CLIENT_TOOLS)) \
+		$(BIN)/python -X dev -m pytest -p no:cacheprovider -m clients tests/gateway/test_generated_clients.py
+
 # Builds the image and runs the gateway in it; needs root, podman, buildah and
 # mmdebstrap (apt-get install -y podman buildah mmdebstrap).
 .PHONY: container-test

@@ -95,6 +95,11 @@ class KeyRing:
         """True when keys are configured (and therefore required)."""
         return bool(self._entries)
 
+    @property
+    def scoped(self) -> bool:
+        """True when some key is limited to a list of backends (so a call can get 403)."""
+        return any(entry.principal.backends is not None for entry in self._entries)
+
     def __repr__(self) -> str:
         return f"<KeyRing {len(self._entries)} key(s)>"
 

@@ -7,14 +7,28 @@ adds from :mod:`gateway.schemas`; each backend's ``payload_schema`` becomes
 a component ``Payload.<name>`` used by its own operation
 ``POST /backends/<name>/compute``. A manager backend's create body is a
 component ``ObjectCreate.<name>`` whose ``typeid`` lists its ``typeids``.
-When API keys are configured, a bearer security scheme is declared and
-required on every operation that needs one. Every operation that calls a
-backend declares the ``Request-Timeout`` header (:func:`with_request_timeout`).
+
+What the document promises is what the gateway does, so that generated
+clients are right:
+
+- A property a request may leave out is optional and has no ``default``
+  (:func:`optional_without_default`): openapi-typescript, with its
+  defaults, makes every property with a ``default`` required. A default
+  other than null is said in the description instead.
+- 401 and 403 are documented only where they can happen. With no API keys
+  configured, nothing answers either, so neither is in the document (nor is
+  the ``access_token`` parameter). With keys, a bearer security scheme is
+  declared and required, with its 401, on every operation that needs a key;
+  the 403 that the call routes declare (a backend outside the key's scope)
+  stays only when some key is scoped to a list of backends.
+- Every operation that calls a backend declares the ``Request-Timeout``
+  header (:func:`with_request_timeout`).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -29,6 +43,7 @@ from .schemas import (
     BatchRequest,
     ComputeRequest,
     MethodCall,
+    NotReadyProblem,
     ObjectCreate,
     Problem,
     StreamRequest,
@@ -39,6 +54,7 @@ __all__ = [
     "PUBLIC_PATHS",
     "build_openapi",
     "compute_request_ref",
+    "optional_without_default",
     "problem_responses",
     "request_body",
     "stream_responses",
@@ -48,6 +64,10 @@ __all__ = [
 _REF: Final = "#/components/schemas/"
 #: Operations that never need an API key.
 PUBLIC_PATHS: Final = frozenset({"/healthz", "/readyz"})
+#: Where the document holds schemas that are the user's, shown as configured.
+_PAYLOAD_PREFIX: Final = "Payload."
+#: The query parameter that carries an API key for clients that cannot set headers.
+_KEY_PARAMETER: Final = "access_token"
 
 
 def compute_request_ref(backend: str | None = None) -> str:
@@ -92,20 +112,43 @@ def _titles(status: int) -> str:
 
 
 def problem_responses(
-    statuses: Iterable[int], descriptions: Mapping[int, str] | None = None
+    statuses: Iterable[int],
+    descriptions: Mapping[int, str] | None = None,
+    *,
+    component: str = "Problem",
 ) -> dict[int | str, dict[str, Any]]:
     """``responses=`` entries for the problem statuses an operation can answer with.
 
     A status is described by the titles of its table rows unless
-    ``descriptions`` says otherwise.
+    ``descriptions`` says otherwise; its body is the schema ``component``.
     """
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         out[status] = {
             "description": (descriptions or {}).get(status) or _titles(status),
-            "content": {MEDIA_TYPE: {"schema": {"$ref": _REF + "Problem"}}},
+            "content": {MEDIA_TYPE: {"schema": {"$ref": _REF + component}}},
         }
     return out
+
+
+def optional_without_default(schema: dict[str, Any]) -> None:
+    """Take ``default`` out of the optional properties of an object ``schema`` (in place).
+
+    A generator may take a ``default`` to mean "always there": openapi-typescript
+    7 does, with its defaults, and then requires ``backend``, ``timeout`` and
+    ``result_format`` in every request body. A null default says nothing a
+    missing property does not; another default is kept in words, at the end of
+    the description, so the docs still show it.
+    """
+    required = set(schema.get("required", ()))
+    for name, prop in schema.get("properties", {}).items():
+        if name in required or not isinstance(prop, dict) or "default" not in prop:
+            continue
+        default = prop.pop("default")
+        if default is not None:
+            shown = default if isinstance(default, str) else json.dumps(default)
+            said = f"Default: `{shown}`."
+            prop["description"] = f"{prop['description']} {said}" if "description" in prop else said
 
 
 _SSE_EXAMPLE: Final = (
@@ -151,6 +194,7 @@ def _problem_components() -> dict[str, Any]:
             (ObjectCreate, "validation"),
             (MethodCall, "validation"),
             (Problem, "serialization"),
+            (NotReadyProblem, "serialization"),
             *((item, "serialization") for item in STREAM_ITEMS),
         ],
         ref_template=_REF + "{model}",
@@ -185,6 +229,42 @@ def _create_request(base: dict[str, Any], backend: Backend) -> dict[str, Any]:
     return body
 
 
+def _document_keys(document: dict[str, Any], state: GatewayState) -> None:
+    """Security, 401 and 403 where API keys make them happen; nowhere without keys."""
+    keys = state.keys
+    public = set(PUBLIC_PATHS)
+    if state.settings.gateway.metrics_public:
+        public.add("/metrics")
+    if keys.enabled:
+        document.setdefault("components", {})["securitySchemes"] = {
+            "apiKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key: `Authorization: Bearer <key>`.",
+            }
+        }
+    for path, item in document.get("paths", {}).items():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            responses = operation.setdefault("responses", {})
+            if not keys.scoped:
+                # Only a key limited to some backends can be refused one.
+                responses.pop("403", None)
+                responses.pop(403, None)
+            if not keys.enabled:
+                parameters = [
+                    p for p in operation.get("parameters", ()) if p.get("name") != _KEY_PARAMETER
+                ]
+                if parameters:
+                    operation["parameters"] = parameters
+                else:
+                    operation.pop("parameters", None)
+            elif path not in public:
+                operation["security"] = [{"apiKey": []}]
+                responses.update(problem_responses([401]))
+
+
 def build_openapi(app: FastAPI, state: GatewayState) -> dict[str, Any]:
     """The OpenAPI document of ``app`` (computed once, then cached on the app)."""
     if app.openapi_schema:
@@ -213,23 +293,9 @@ def build_openapi(app: FastAPI, state: GatewayState) -> dict[str, Any]:
             continue
         schemas[f"Payload.{name}"] = copy.deepcopy(payload_schema)
         schemas[compute_request_ref(name)] = _backend_request(base, name)
-    if state.keys.enabled:
-        components["securitySchemes"] = {
-            "apiKey": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "An API key: `Authorization: Bearer <key>`.",
-            }
-        }
-        public = set(PUBLIC_PATHS)
-        if state.settings.gateway.metrics_public:
-            public.add("/metrics")
-        for path, item in document.get("paths", {}).items():
-            if path in public:
-                continue
-            for operation in item.values():
-                if isinstance(operation, dict):
-                    operation["security"] = [{"apiKey": []}]
-                    operation.setdefault("responses", {}).update(problem_responses([401]))
+    for name, schema in schemas.items():
+        if not name.startswith(_PAYLOAD_PREFIX):
+            optional_without_default(schema)
+    _document_keys(document, state)
     app.openapi_schema = document
     return document

@@ -8,6 +8,11 @@ per-backend operation appears, and one manager backend for the object
 routes. ``tests/gateway/test_openapi.py`` fails when
 the committed file differs from what the app serves.
 
+A reader finds the file in the repository and may take ``adder`` for their
+own backend, so its ``info.description`` opens with :data:`EXAMPLE_NOTE`:
+what it is, and that their gateway serves their own document at
+``/openapi.json``.
+
 A leaf: it builds an app, so only the command line imports it.
 """
 
@@ -27,7 +32,10 @@ from .settings import Settings
 __all__ = [
     "DEFAULT_OUTPUT",
     "EXAMPLE_CONFIG",
+    "EXAMPLE_NOTE",
+    "example_app",
     "example_settings",
+    "mark_as_example",
     "render_openapi",
     "write_openapi",
 ]
@@ -37,7 +45,9 @@ DEFAULT_OUTPUT: Final = "openapi/openapi.json"
 
 #: The configuration behind ``openapi/openapi.json``. Nothing in it is read
 #: from the machine: no authkey source (the document never shows one), and
-#: the API key entry holds the SHA-256 of the string "example-key".
+#: the API key entry holds the SHA-256 of the string "example-key". The key
+#: lists its backends rather than ``"*"``: a scoped key is what makes a
+#: call's 403 possible, so the example shows where it can come.
 EXAMPLE_CONFIG: Final[dict[str, Any]] = {
     "gateway": {"default_backend": "adder"},
     "backends": {
@@ -67,11 +77,20 @@ EXAMPLE_CONFIG: Final[dict[str, Any]] = {
             {
                 "name": "example",
                 "sha256": hashlib.sha256(b"example-key").hexdigest(),
-                "backends": ["*"],
+                "backends": ["adder", "jobs"],
             }
         ]
     },
 }
+
+
+#: The opening of the committed document's ``info.description``.
+EXAMPLE_NOTE: Final = """\
+**This document is an example.** It was generated (`make openapi`) from an example
+configuration: a backend `adder` whose payload is two integers, a manager backend `jobs`,
+one API key. It is not the document of your gateway: yours serves its own, for your
+backends and keys, at `/openapi.json` (shown at `/docs`); generate clients from that one.
+"""
 
 
 class _ExampleSettings(Settings):
@@ -98,6 +117,18 @@ def example_settings() -> Settings:
     return _ExampleSettings(**EXAMPLE_CONFIG)
 
 
+def mark_as_example(app: FastAPI) -> None:
+    """Open the description of ``app``'s document with :data:`EXAMPLE_NOTE`."""
+    app.description = EXAMPLE_NOTE + "\n" + app.description
+
+
+def example_app() -> FastAPI:
+    """The app of :data:`EXAMPLE_CONFIG` whose document is ``openapi/openapi.json``."""
+    app = create_app(example_settings())
+    mark_as_example(app)
+    return app
+
+
 def render_openapi(app: FastAPI) -> str:
     """The OpenAPI document of ``app`` as written to ``openapi/openapi.json``.
 
@@ -116,7 +147,7 @@ def write_openapi(output: Path) -> bool:
     Raises:
         OSError: ``output`` cannot be written.
     """
-    text = render_openapi(create_app(example_settings()))
+    text = render_openapi(example_app())
     if output.is_file() and output.read_text(encoding="utf-8") == text:
         return False
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "STREAM_ITEMS",
+    "AddressState",
+    "BackendHealth",
     "BackendInfo",
     "BackendList",
+    "BackendReadiness",
     "BatchError",
     "BatchRequest",
     "BatchResponse",
@@ -23,8 +26,10 @@ __all__ = [
     "ExceptionInfo",
     "Health",
     "MethodCall",
+    "NotReadyProblem",
     "ObjectCreate",
     "ObjectDescription",
+    "PoolStatistics",
     "Problem",
     "ProblemItem",
     "Readiness",
@@ -220,10 +225,88 @@ class StreamError(BaseModel):
 STREAM_ITEMS = (StreamResult, StreamEnd, StreamError)
 
 
+class AddressState(BaseModel):
+    """One address of a backend as its pool sees it (``health`` and ``stats`` list them)."""
+
+    address: str
+    state: Literal["unknown", "up", "down"] = Field(
+        description="`unknown`: nothing connected yet; `up`: the last connection worked; "
+        "`down`: left out of rotation until its backoff ends (`retry_in_s`)."
+    )
+    open: int = Field(description="Connections established.")
+    idle: int
+    in_use: int
+    draining: int
+    opening: int
+    stalled_handshakes: int
+    capacity: int | None = Field(
+        description="How many connections the server takes at once, once learned; "
+        "null while unknown."
+    )
+    reuse: Literal["unproven", "proven", "never"] = Field(
+        description="Whether a connection may carry another call: `never` for servers that "
+        "close after a reply."
+    )
+    calls: int
+    errors: dict[str, int] = Field(description="Failures by kind.")
+    consecutive_failures: int
+    resolved_from: str | None = Field(
+        None, description="The name this address was resolved from; absent when none."
+    )
+    last_error: str | None = Field(None, description="Absent until a connection failed.")
+    error_kind: str | None = Field(None, description="The kind of `last_error`.")
+    retry_in_s: float | None = Field(None, description="Only while `down`.")
+    stale: bool | None = Field(
+        None, description="True when its name no longer resolves to it; absent otherwise."
+    )
+
+
+class BackendHealth(BaseModel):
+    """A backend's health, from its pool's state (no connection is made for it)."""
+
+    status: Literal["up", "down", "unknown"] = Field(
+        description="`up` when any address is, `down` when every address is out of "
+        "rotation, `unknown` before the first connection."
+    )
+    addresses: list[AddressState] | None = Field(
+        None, description="Absent only before the gateway has started."
+    )
+    error: str | None = Field(None, description="Why the address cannot be resolved, if so.")
+
+
+class BackendReadiness(BackendHealth):
+    """A backend's health, and whether ``/readyz`` could reach it."""
+
+    ready: bool
+
+
+class PoolStatistics(BaseModel):
+    """Counters and gauges of a backend's connection pool."""
+
+    name: str
+    open: int
+    idle: int
+    in_use: int
+    draining: int
+    opening: int
+    stalled_handshakes: int
+    waiters: int = Field(description="Calls waiting for a connection now.")
+    opened: int = Field(description="Connections opened since start.")
+    calls: int
+    errors: dict[str, int] = Field(description="Failed calls by kind.")
+    violations: int = Field(description="Protocol violations seen.")
+    discarded_replies: int
+    waits: int = Field(description="Calls that had to wait for a connection.")
+    wait_time_total_s: float
+    wait_time_max_s: float
+    closed: dict[str, int] = Field(description="Connections closed, by reason.")
+    dedicated_opened: int
+    max_connections_per_address: int
+    addresses: list[AddressState]
+
+
 class BackendInfo(BaseModel):
     """A backend as ``GET /backends`` shows it; never a key."""
-
-    model_config = ConfigDict(extra="allow")
 
     name: str
     kind: Literal["listener", "manager"] = Field(
@@ -236,8 +319,14 @@ class BackendInfo(BaseModel):
     max_connections: int
     pickle_protocol: int
     payload_schema: dict[str, Any] | None
-    health: dict[str, Any]
-    stats: dict[str, Any]
+    health: BackendHealth
+    stats: PoolStatistics
+    typeids: list[str] | None = Field(None, description="Manager backends only.")
+    methods: dict[str, list[str]] | None = Field(
+        None, description="Manager backends only: the methods callable on each typeid."
+    )
+    object_ttl: float | None = Field(None, description="Manager backends only.")
+    objects: int | None = Field(None, description="Manager backends only: shared objects held now.")
 
 
 class BackendList(BaseModel):
@@ -255,7 +344,11 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     """Every backend can be reached."""
 
-    model_config = ConfigDict(extra="allow")
-
     status: Literal["ready"]
-    backends: dict[str, dict[str, Any]]
+    backends: dict[str, BackendReadiness]
+
+
+class NotReadyProblem(Problem):
+    """A ``not-ready`` problem: some backend cannot be reached; each one's readiness."""
+
+    backends: dict[str, BackendReadiness]

@@ -61,7 +61,9 @@ def router() -> APIRouter:
             "Needs no API key."
         ),
         response_model=Readiness,
-        responses=problem_responses([503], {503: "Some backend cannot be reached"}),
+        responses=problem_responses(
+            [503], {503: "Some backend cannot be reached"}, component="NotReadyProblem"
+        ),
     )
     async def readyz(state: State) -> Response:
         timeout = state.settings.gateway.readiness_timeout

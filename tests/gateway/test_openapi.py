@@ -14,16 +14,26 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jsonschema
 import pytest
-from gateway_support import serve_gateway
+from gateway_support import backend_config, serve_gateway
 from openapi_spec_validator import validate
 
 from gateway.app import create_app
 from gateway.cli import main
 from gateway.docs import STATIC_DIR
-from gateway.openapi_file import example_settings, render_openapi
+from gateway.openapi_file import (
+    EXAMPLE_NOTE,
+    example_app,
+    example_settings,
+    mark_as_example,
+    render_openapi,
+)
+from gateway.settings import Settings
+from tests.conftest import SERVERS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,7 +48,7 @@ def committed_text() -> str:
 
 
 def test_committed_document_is_what_make_openapi_writes():
-    assert committed_text() == render_openapi(create_app(example_settings())), STALE
+    assert committed_text() == render_openapi(example_app()), STALE
 
 
 def test_the_openapi_command_writes_the_committed_document(tmp_path, capsys):
@@ -54,7 +64,7 @@ def test_the_openapi_command_writes_the_committed_document(tmp_path, capsys):
 
 
 async def test_committed_document_is_what_the_app_serves():
-    async with serve_gateway(example_settings()) as gw:
+    async with serve_gateway(example_settings(), setup=mark_as_example) as gw:
         response = await gw.client.get("/openapi.json")
     assert response.status_code == 200
     assert json.loads(committed_text()) == response.json(), STALE
@@ -85,7 +95,9 @@ def test_example_settings_ignore_the_environment(monkeypatch):
     settings = example_settings()
     assert settings.gateway.max_body_bytes != 12345
     assert settings.backends["adder"].pool.call_timeout == 5.0
-    assert render_openapi(create_app(settings)) == committed_text(), STALE
+    app = create_app(settings)
+    mark_as_example(app)
+    assert render_openapi(app) == committed_text(), STALE
 
 
 def test_other_configurations_give_valid_documents(tmp_path):
@@ -98,13 +110,210 @@ def test_other_configurations_give_valid_documents(tmp_path):
             "b": {"address": ["unix:/nonexistent/b.sock", "[::1]:2"]},
         },
     }
-    from gateway.settings import Settings
-
     document = json.loads(render_openapi(create_app(Settings.model_validate(settings))))
     validate(document)
     assert "securitySchemes" not in document.get("components", {})
     assert "/backends/a/compute" in document["paths"]
     assert "/backends/b/compute" in document["paths"]
+
+
+def document_of(settings: dict[str, Any]) -> dict[str, Any]:
+    document: dict[str, Any] = json.loads(
+        render_openapi(create_app(Settings.model_validate(settings)))
+    )
+    validate(document)
+    return document
+
+
+def own_components(document: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's schemas: all but the users' payload schemas."""
+    schemas = document["components"]["schemas"]
+    return {name: s for name, s in schemas.items() if not name.startswith("Payload.")}
+
+
+def test_committed_document_says_it_is_an_example():
+    info = json.loads(committed_text())["info"]
+    assert info["description"].startswith(EXAMPLE_NOTE)
+    words = " ".join(EXAMPLE_NOTE.split())
+    assert words.startswith("**This document is an example.**")
+    assert "from an example configuration: a backend `adder`" in words
+    assert "It is not the document of your gateway" in words
+    assert "at `/openapi.json`" in words
+    # A gateway serves its own document, without the note.
+    own = json.loads(render_openapi(create_app(example_settings())))
+    assert "This document is an example" not in own["info"]["description"]
+    assert info["description"] == EXAMPLE_NOTE + "\n" + own["info"]["description"]
+
+
+def test_optional_properties_have_no_default():
+    # openapi-typescript 7 (default options) makes every property with a
+    # default required: {"payload": [5, 6]} would not compile.
+    for document in (json.loads(committed_text()), document_of(NO_KEYS)):
+        for name, schema in own_components(document).items():
+            required = set(schema.get("required", ()))
+            for prop, value in schema.get("properties", {}).items():
+                if prop not in required:
+                    assert "default" not in value, (name, prop)
+        schemas = document["components"]["schemas"]
+        for name in ("ComputeRequest", "StreamRequest"):
+            assert schemas[name]["required"] == ["payload"], name
+        # A default other than null stays, in words.
+        result_format = schemas["ComputeRequest"]["properties"]["result_format"]
+        assert result_format["description"].endswith(" Default: `json`.")
+        assert schemas["MethodCall"]["properties"]["args"]["description"].endswith("Default: `[]`.")
+    # A user's payload schema is shown as configured, defaults and all.
+    payload = {"type": "object", "properties": {"n": {"type": "integer", "default": 1}}}
+    settings = {"backends": {"a": {"address": "127.0.0.1:1", "payload_schema": payload}}}
+    assert document_of(settings)["components"]["schemas"]["Payload.a"] == payload
+
+
+NO_KEYS: dict[str, Any] = {
+    "gateway": {"default_backend": "a"},
+    "backends": {"a": {"address": "127.0.0.1:1"}, "b": {"address": "127.0.0.1:2"}},
+}
+#: Operations no key is asked for, whatever the configuration.
+PUBLIC = {("get", "/healthz"), ("get", "/readyz")}
+#: Operations that name a backend, and can be refused one by a scoped key.
+SCOPE_CHECKED = {
+    ("post", "/compute"),
+    ("post", "/backends/a/compute"),
+    ("post", "/backends/b/compute"),
+    ("post", "/stream"),
+    ("post", "/backends/{name}/stream"),
+    ("get", "/backends/{name}/stream"),
+}
+
+
+def _operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method, path): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def _with_keys(*scopes: list[str]) -> dict[str, Any]:
+    keys = [
+        {"name": f"k{i}", "sha256": hashlib.sha256(b"k%d" % i).hexdigest(), "backends": scope}
+        for i, scope in enumerate(scopes)
+    ]
+    return {**NO_KEYS, "auth": {"keys": keys}}
+
+
+def test_no_keys_no_401_403_nor_access_token():
+    document = document_of(NO_KEYS)
+    assert "securitySchemes" not in document["components"]
+    for where, operation in _operations(document).items():
+        assert "security" not in operation, where
+        assert not {"401", "403"} & set(operation["responses"]), where
+        names = [p["name"] for p in operation.get("parameters", ())]
+        assert "access_token" not in names, where
+
+
+def test_keys_bring_401_where_a_key_is_asked_for_and_403_where_a_scope_is_checked():
+    everything = document_of(_with_keys(["*"]))
+    scoped = document_of(_with_keys(["*"], ["a"]))
+    for document, refusable in ((everything, set()), (scoped, SCOPE_CHECKED)):
+        operations = _operations(document)
+        assert set(operations) >= SCOPE_CHECKED
+        for where, operation in operations.items():
+            statuses = set(operation["responses"])
+            if where in PUBLIC:
+                assert "security" not in operation, where
+                assert not {"401", "403"} & statuses, where
+                continue
+            assert operation["security"] == [{"apiKey": []}], where
+            assert "401" in statuses, where
+            # 403 only where a key limited to some backends can be refused one.
+            assert ("403" in statuses) == (where in refusable), where
+        stream = operations[("get", "/backends/{name}/stream")]
+        assert "access_token" in [p["name"] for p in stream["parameters"]]
+    # The object routes of a manager backend check the scope as well.
+    settings = _with_keys(["a"])
+    settings["backends"]["jobs"] = {
+        "kind": "manager",
+        "address": "127.0.0.1:3",
+        "typeids": ["q"],
+        "methods": {"q": ["get"]},
+    }
+    operations = _operations(document_of(settings))
+    for where, operation in operations.items():
+        if "/objects" in where[1]:
+            assert "403" in operation["responses"], where
+    for where in (("get", "/backends"), ("get", "/metrics"), ("post", "/compute/batch")):
+        assert "403" not in operations[where]["responses"], where
+    # Public metrics ask for no key.
+    settings["gateway"] = {**settings["gateway"], "metrics_public": True}
+    metrics = _operations(document_of(settings))[("get", "/metrics")]
+    assert "security" not in metrics and "401" not in metrics["responses"]
+
+
+def test_health_readiness_and_statistics_are_typed():
+    schemas = json.loads(committed_text())["components"]["schemas"]
+    ref = "#/components/schemas/"
+    readiness = schemas["Readiness"]["properties"]["backends"]["additionalProperties"]
+    assert readiness == {"$ref": ref + "BackendReadiness"}
+    info = schemas["BackendInfo"]["properties"]
+    assert info["health"] == {"$ref": ref + "BackendHealth"}
+    assert info["stats"] == {"$ref": ref + "PoolStatistics"}
+    assert schemas["PoolStatistics"]["properties"]["addresses"]["items"] == {
+        "$ref": ref + "AddressState"
+    }
+    for name in ("Health", "Readiness", "BackendReadiness", "BackendInfo", "PoolStatistics"):
+        # Not an open dict: a generated client gets the named fields only.
+        assert "additionalProperties" not in schemas[name], name
+    document = json.loads(committed_text())
+    not_ready = document["paths"]["/readyz"]["get"]["responses"]["503"]["content"]
+    assert not_ready["application/problem+json"]["schema"] == {"$ref": ref + "NotReadyProblem"}
+
+
+def _closed(schema: Any) -> Any:
+    """``schema`` with every object that does not say otherwise closed to other keys."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _closed(value) for key, value in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+async def test_health_readiness_and_statistics_show_only_documented_keys(start_backend, tmp_path):
+    # Every key /healthz, /readyz and /backends write is in their schemas: a
+    # generated client sees all of it, typed. A backend up, one that never
+    # answers, and a manager backend.
+    demo = start_backend("demo")
+    manager = start_backend(str(SERVERS / "manager.py"))
+    settings = {
+        "gateway": {"default_backend": "demo"},
+        "backends": {
+            "demo": backend_config(demo, tmp_path),
+            "m": backend_config(manager, tmp_path, kind="manager", typeids=["*"]),
+            "gone": {"address": f"unix:{tmp_path}/nothing.sock"},
+        },
+    }
+    async with serve_gateway(settings) as gw:
+        document = (await gw.client.get("/openapi.json")).json()
+        components = _closed(document["components"])
+        assert (await gw.client.post("/compute", json={"payload": [1, 2]})).status_code == 200
+        seen = []
+        for path, status, component in [
+            ("/healthz", 200, "Health"),
+            ("/readyz", 503, "NotReadyProblem"),
+            ("/backends", 200, "BackendList"),
+        ]:
+            response = await gw.client.get(path)
+            assert response.status_code == status, response.text
+            schema = {"$ref": f"#/components/schemas/{component}", "components": components}
+            jsonschema.Draft202012Validator(schema).validate(response.json())
+            seen.append(response.json())
+    # The shapes that matter were there: an address down with its error, a manager's keys.
+    backends = {b["name"]: b for b in seen[2]["backends"]}
+    gone = backends["gone"]["stats"]["addresses"][0]
+    assert gone["state"] == "down" and "last_error" in gone and "retry_in_s" in gone
+    assert {"typeids", "methods", "object_ttl", "objects"} <= set(backends["m"])
+    assert seen[1]["backends"]["demo"]["ready"] is True
 
 
 # -- the docs pages -------------------------------------------------------------------
