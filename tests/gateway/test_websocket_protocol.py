@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import pytest
 import uvicorn
+from gateway_support import RecordedTransport
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from ws_support import WAIT, server_frames
@@ -29,21 +30,6 @@ pytestmark = pytest.mark.timeout(60)
 
 #: The smallest write buffer the settings accept.
 MARK = 1024
-
-
-class RecordedTransport:
-    """A real transport whose writes are also kept in ``writes``."""
-
-    def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
-        self._transport = transport
-        self._writes = writes
-
-    def write(self, data: bytes) -> None:
-        self._writes.append(bytes(data))
-        self._transport.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
