@@ -107,6 +107,7 @@ def main() -> int:
             from .http import large_rows, latency_rows, throughput_rows
             from .load import load_rows
             from .stream import stream_rows
+            from .ws import PIPELINE as WS_PIPELINE
             from .ws import ws_rows
 
             with gateway(config, backend, directory) as server:
@@ -125,8 +126,20 @@ def main() -> int:
                     rows += load_rows(wrk, server, directory)
                 if "ws" in groups:
                     print("websocket rows ...", file=sys.stderr, flush=True)
-                    with echo_server(directory) as echo:
-                        rows += ws_rows(server, echo)
+                    pipelined_config = write_config(
+                        directory,
+                        backend,
+                        log_level=log_level,
+                        name="gateway-pipelined",
+                        options=f"pipeline = {WS_PIPELINE}\n",
+                    )
+                    with (
+                        echo_server(directory) as echo,
+                        gateway(
+                            pipelined_config, backend, directory, name="gateway-pipelined"
+                        ) as pipelined,
+                    ):
+                        rows += ws_rows(server, echo, pipelined)
                 if "stream" in groups:
                     print("stream rows ...", file=sys.stderr, flush=True)
                     rows += stream_rows(server, backend)

@@ -1,4 +1,4 @@
-"""The WebSocket row: multiplexed calls per second on one socket, gateway against an echo server.
+"""The WebSocket rows: multiplexed calls per second on one socket, gateway against an echo server.
 
 One ``websockets`` asyncio client (on uvloop, in this process) keeps
 :data:`WINDOW` calls ``{"id": n, "payload": [5, 6]}`` in flight on one
@@ -6,8 +6,11 @@ socket: it sends that many, then one more for each reply, until
 :data:`CALLS` replies have come back. The gateway's ``/ws`` runs each through
 the pool to the demo backend (reply ``{"id": n, "result": 11}``); the plain
 echo server (:mod:`bench.echo_ws`) answers ``{"id": n, "result": [5, 6]}``
-with no backend. Every reply is checked. Target: the gateway at least 0.7x
-the echo server.
+with no backend. Every reply is checked. Two gateways run side by side: the
+bench's own (the backend with the default ``pipeline = 1``; target: at least
+0.7x the echo server) and one whose demo backend has ``pipeline =``
+:data:`PIPELINE` (target: at least 0.35x); the runs of the three sides are
+interleaved.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from .core import RUNS
 from .report import comparison
 from .servers import Server, knob
 
-__all__ = ["CALLS", "WINDOW", "calls_per_second", "ws_rows"]
+__all__ = ["CALLS", "PIPELINE", "WINDOW", "calls_per_second", "ws_rows"]
 
 CALLS: Final = int(knob("WS_CALLS", 50_000, 2_000))
 WINDOW: Final = 64
+#: The demo backend's ``pipeline`` in the pipelined row's gateway.
+PIPELINE: Final = 32
 
 
 async def _drive(url: str, calls: int, expected: object) -> float:
@@ -68,10 +73,11 @@ def calls_per_second(url: str, calls: int, expected: object) -> float:
     return uvloop.run(_drive(url, calls, expected))
 
 
-def ws_rows(gateway: Server, echo: Server) -> list[dict[str, Any]]:
-    """Row 6: the gateway's ``/ws`` against the plain echo server."""
-    gateway_url = gateway.url.replace("http://", "ws://", 1) + "/ws"
-    sides = {"echo": (echo, echo.url, [5, 6]), "gateway": (gateway, gateway_url, 11)}
+def ws_rows(gateway: Server, echo: Server, pipelined: Server | None = None) -> list[dict[str, Any]]:
+    """Row 6: ``/ws`` against the echo server, and that of ``pipelined`` (``pipeline = 32``)."""
+    sides = {"echo": (echo, echo.url, [5, 6]), "gateway": (gateway, _ws_url(gateway), 11)}
+    if pipelined is not None:
+        sides["pipelined"] = (pipelined, _ws_url(pipelined), 11)
     for _, url, expected in sides.values():
         calls_per_second(url, min(CALLS, 1_000), expected)  # warm-up
     runs: dict[str, list[float]] = {name: [] for name in sides}
@@ -79,7 +85,7 @@ def ws_rows(gateway: Server, echo: Server) -> list[dict[str, Any]]:
         for name, (server, url, expected) in sides.items():
             runs[name].append(calls_per_second(url, CALLS, expected))
             server.check_alive()
-    return [
+    rows = [
         comparison(
             f"WebSocket /ws vs plain websockets echo (1 socket, {WINDOW} in flight)",
             runs["gateway"],
@@ -88,3 +94,18 @@ def ws_rows(gateway: Server, echo: Server) -> list[dict[str, Any]]:
             unit="calls/s",
         )
     ]
+    if pipelined is not None:
+        rows.append(
+            comparison(
+                f"WebSocket /ws, backend pipeline = {PIPELINE}, vs plain websockets echo",
+                runs["pipelined"],
+                runs["echo"],
+                0.35,
+                unit="calls/s",
+            )
+        )
+    return rows
+
+
+def _ws_url(server: Server) -> str:
+    return server.url.replace("http://", "ws://", 1) + "/ws"

@@ -17,7 +17,10 @@ adds:
   ``too-many-connections``;
 * lingering close: when the response is complete but the request body is
   not, the gateway half-closes and reads and drops what the client still
-  sends, for at most ``linger_timeout`` seconds and ``linger_bytes`` bytes.
+  sends, for at most ``linger_timeout`` seconds and ``linger_bytes`` bytes;
+* one write per response: uvicorn writes the status line and headers, then
+  the body, with a system call each; here they leave together (see
+  :class:`_CycleTransport`).
 
 The body itself is timed by the route that reads it (``body_timeout``, in
 :func:`gateway.body.read_json`), where a 408 can still be rendered by the app.
@@ -48,6 +51,8 @@ __all__ = ["GatewayHttpProtocol", "http_protocol", "raw_problem"]
 
 #: Seconds the protocol's own answers (408, 431, 503) linger at most.
 _ANSWER_LINGER = 1.0
+#: A response body up to this size is written in one buffer with its head.
+_JOIN_LIMIT = 64 * 1024
 
 
 def raw_problem(exc: GatewayError) -> bytes:
@@ -69,19 +74,58 @@ def raw_problem(exc: GatewayError) -> bytes:
 
 
 class _CycleTransport:
-    """What a request's cycle sees of the transport: its ``close`` may linger."""
+    """What a request's cycle sees of the transport: its ``close`` may linger.
+
+    The cycle's first write (the status line and headers) is held until its
+    next one (the body, written right after it by the same task), and both
+    go out in one ``write``: one system call per response instead of two. A
+    head that no body follows within the loop iteration (a stream whose
+    first item is not ready, a ``100 Continue``) is written on its own then.
+    A body over :data:`_JOIN_LIMIT` is written after the head rather than
+    copied into one buffer with it.
+    """
 
     def __init__(self, protocol: GatewayHttpProtocol) -> None:
         self._protocol = protocol
         self._transport = protocol.transport
+        self._first = True
+        self._held: bytes | None = None
+        self._release: asyncio.Handle | None = None
 
     def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            assert self._release is not None
+            self._release.cancel()
+            self._release = None
+            if len(data) <= _JOIN_LIMIT:
+                self._transport.write(held + data)
+                return
+            self._transport.write(held)
+        elif self._first:
+            self._first = False
+            self._held = data
+            self._release = self._protocol.loop.call_soon(self.flush)
+            return
         self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write the held head, if any."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if self._release is not None:
+                self._release.cancel()
+                self._release = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
 
     def is_closing(self) -> bool:
         return self._protocol.lingering or self._transport.is_closing()
 
     def close(self) -> None:
+        self.flush()
         self._protocol.close_after_response()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:

@@ -22,22 +22,43 @@ What uvicorn's protocol leaves open, and what this one does about it:
   ``timeout_graceful_shutdown`` bounds the wait.
 * Open WebSockets are capped (``max_sockets``): past it the handshake gets a
   503 ``too-many-connections`` problem before the app runs.
+* It writes each message the app sends with a ``write`` of its own: one
+  system call per reply. Here the frames of one loop iteration are written
+  together (see "Coalesced writes" below).
+
+Coalesced writes
+    A ``websocket.send`` only frames the message: the frame waits in the
+    sans-I/O protocol's output (``conn.data_to_send()``), and one callback,
+    scheduled with ``call_soon`` for the first frame, writes everything that
+    waits at the end of the loop iteration. The app's writer sends its
+    queued messages one after the other without yielding, so the replies
+    that became ready together leave in one ``write``. Every other write of
+    uvicorn's protocol (a pong, a close frame, a refusal) takes that output
+    first, so the order on the wire stays the order of the sends. The
+    frames waiting count against ``write_buffer_bytes``: once they and the
+    transport's buffer reach it, they are written at once, so the transport
+    pauses the app's sends (and starts the ``slow-client`` clock) as it did
+    when each frame was written on its own. Frames still waiting when the
+    app returns are written before uvicorn closes the transport.
 """
 
 from __future__ import annotations
 
 import asyncio
-from asyncio import TimerHandle
+from asyncio import Handle, TimerHandle
 from typing import Any, ClassVar, Final
 
-from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+from uvicorn._types import ASGIReceiveCallable, ASGIReceiveEvent, ASGISendCallable, ASGISendEvent
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 from websockets.http11 import Request
 
 from ..problems import TooManyConnections
 from ..settings import WebSocketSettings
 from .http_protocol import raw_problem
 from .limits import ClientLimits
+from .loop_queue import LoopQueue
 
 __all__ = ["DRAIN_EXTENSION", "GatewayWebSocketProtocol", "websocket_protocol"]
 
@@ -53,6 +74,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # uvicorn's queue of received messages, as one that knows its loop (no getpid() per wait).
+        self.queue = LoopQueue(self.loop)
         self.close_timeout = self.settings.close_timeout
         self.drain = asyncio.Event()
         #: Reading stopped because the client does not read what is written.
@@ -61,6 +84,12 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self._abort_timer: TimerHandle | None = None
         self._socket_counted = False
         self._app_running = False
+        #: The flush of the frames that wait in ``conn``'s output; None when none waits.
+        self._flush_handle: Handle | None = None
+        #: Bytes of message data framed since the last write.
+        self._unflushed = 0
+        self._served_app = self.app
+        self.app = self._serve_then_flush
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -68,10 +97,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.set_write_buffer_limits(high=most, low=most // 4)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._slow_timer, self._abort_timer):
+        for timer in (self._slow_timer, self._abort_timer, self._flush_handle):
             if timer is not None:
                 timer.cancel()
-        self._slow_timer = self._abort_timer = None
+        self._slow_timer = self._abort_timer = self._flush_handle = None
         if self._socket_counted:
             self._socket_counted = False
             self.limits.close_socket()
@@ -142,14 +171,61 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         # The close frame waits behind what the client does not read: it may never get out.
         self.transport.abort()
 
-    # closing
+    # coalesced writes
 
     async def send(self, message: ASGISendEvent) -> None:
+        if message["type"] == "websocket.send":
+            await self.writable.wait()
+            if self.handshake_complete and not self.close_sent and self.initial_response is None:
+                self._frame(message.get("bytes"), message.get("text"))
+                return
+            # Refused, closed or gone: uvicorn's own answer (ClientDisconnected, an error).
         await super().send(message)
         if message["type"] == "websocket.close" and self.close_timer is not None:
             # uvicorn's timer calls close(), which waits for the buffer to drain.
             self.close_timer.cancel()
             self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
+
+    def _frame(self, data: bytes | None, text: str | None) -> None:
+        """Frame one message into ``conn``'s output; it is written by :meth:`_flush`."""
+        if self.disconnected:
+            raise ClientDisconnected
+        try:
+            if data is not None:
+                self.conn.send_binary(data)
+            elif text is not None:
+                data = text.encode()
+                self.conn.send_text(data)
+        except InvalidState:
+            raise ClientDisconnected from None
+        self._unflushed += len(data) if data is not None else 0
+        waiting = self._unflushed + self.transport.get_write_buffer_size()
+        if waiting >= self.settings.write_buffer_bytes:
+            self._flush()  # the transport's high-water mark now pauses the next send
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write the frames that wait in ``conn``'s output, in one ``write``."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._unflushed = 0
+        output = self.conn.data_to_send()
+        if output and not self.transport.is_closing():
+            self.transport.write(b"".join(output))
+
+    async def _serve_then_flush(
+        self, scope: Any, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        # uvicorn closes the transport as soon as the app returns.
+        try:
+            await self._served_app(scope, receive, send)
+        finally:
+            if self._flush_handle is not None:
+                self._flush()
+
+    # closing
 
     def handle_ping(self) -> None:
         if self.close_sent:

@@ -116,9 +116,13 @@ class Calls:
         self.in_flight = 0
         self._note_in_flight = note_in_flight
         self._slots = asyncio.Semaphore(link.settings.max_in_flight)
-        #: The time limit of each call in flight: none until the server drains.
-        self._cutoffs: set[asyncio.Timeout] = set()
-        self._cutoff: float | None = None
+        self._loop = asyncio.get_running_loop()
+        #: The tasks of the calls running in :meth:`_run`: those the cutoff stops.
+        self._running: set[asyncio.Task[Any]] = set()
+        #: The tasks that the cutoff cancelled and that have not seen it yet.
+        self._cut: set[asyncio.Task[Any]] = set()
+        #: Set once the grace after a drain is over: no call runs any more.
+        self._expired = False
 
     async def read(self) -> None:
         """Read and run calls until the client goes, or until the server drains.
@@ -142,11 +146,18 @@ class Calls:
                 return
             # A cancelled child does not stop its group: the calls go on.
             reading.cancel()
-            loop = asyncio.get_running_loop()
-            self._cutoff = loop.time() + self.state.settings.gateway.shutdown_grace
-            for cutoff in self._cutoffs:
-                cutoff.reschedule(self._cutoff)
+            cutoff = self._loop.call_later(
+                self.state.settings.gateway.shutdown_grace, self._cut_off
+            )
+        cutoff.cancel()
         self.link.end(DRAINED)
+
+    def _cut_off(self) -> None:
+        """The grace is over: cancel every call still running (each answers ``shutting-down``)."""
+        self._expired = True
+        for task in self._running:
+            self._cut.add(task)
+            task.cancel()
 
     async def _read(self, group: asyncio.TaskGroup) -> None:
         """Read call requests until the client goes, with at most ``max_in_flight`` running."""
@@ -221,24 +232,33 @@ class Calls:
             self._slots.release()
 
     async def _run(self, backend: Backend, call: CallRequest | MethodCall) -> dict[str, Any]:
-        # Without a drain the cutoff never fires; with one, it is rescheduled
-        # to the end of the grace period.
-        cutoff = asyncio.timeout_at(self._cutoff)
-        self._cutoffs.add(cutoff)
+        # The cutoff cancels the task as asyncio.timeout() would; it is not
+        # used here because it asks for the running loop (on Python 3.11 a
+        # getpid() system call) on every call, for a limit that only a drain sets.
+        if self._expired:
+            raise PoolClosed("the gateway shut down before the call started")
+        task = asyncio.current_task(self._loop)
+        assert task is not None  # every call runs in a task of the reader's group
+        self._running.add(task)
+        cut = False
         try:
-            async with cutoff:
+            try:
                 limit = self.request_timeout
                 if isinstance(call, CallRequest):
                     return await run_call(self.state, backend, call, request_timeout=limit)
                 return await run_method_call(
                     self.state, backend, call.object, call.method, call, request_timeout=limit
                 )
-        except TimeoutError:
-            if cutoff.expired():
+            finally:
+                self._running.discard(task)
+                if task in self._cut:
+                    self._cut.discard(task)
+                    # Ours, unless something else cancelled the task as well.
+                    cut = task.uncancel() == 0
+        except asyncio.CancelledError:
+            if cut:
                 raise PoolClosed("the gateway shut down before the call finished") from None
             raise
-        finally:
-            self._cutoffs.discard(cutoff)
 
     def _error(self, ident: Any, exc: Exception, backend: Backend | None) -> tuple[str, int]:
         """The error reply for ``exc`` (the problem object of the REST API), and its status."""

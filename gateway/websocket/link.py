@@ -7,16 +7,19 @@ them next to the writer and a send watchdog, and the first of them to decide
 how the socket ends (:meth:`Link.end`, :meth:`Link.gone`) stops the others.
 
 Flow control and memory
-    Outgoing messages wait in an ``asyncio.Queue`` of ``send_queue``
-    messages; a producer waits for room, which in turn stops the reading of
-    calls or of the backend. uvicorn's ``send`` waits while the transport's
-    buffer is over its high-water mark, i.e. while the client does not read;
-    a client that reads nothing for ``send_timeout`` seconds while a message
-    waits to be written is disconnected with 1008 (``slow-client``), without
-    waiting to flush what is queued. The gateway's server protocol
+    Outgoing messages wait in a queue of ``send_queue`` messages
+    (:class:`~gateway.server.loop_queue.LoopQueue`); a producer waits for
+    room, which in turn stops the reading of calls or of the backend.
+    uvicorn's ``send`` waits while the transport's buffer is over its
+    high-water mark, i.e. while the client does not read; a client that
+    reads nothing for ``send_timeout`` seconds while a message waits to be
+    written is disconnected with 1008 (``slow-client``), without waiting to
+    flush what is queued. The gateway's server protocol
     (:mod:`gateway.server.websocket_protocol`) bounds the transport's buffer
     itself, pongs included, and drops such a client on its own too; this
-    watchdog keeps the bound under any server.
+    watchdog keeps the bound under any server. The writer sends the queued
+    messages one after the other without waiting in between, so that the
+    gateway's protocol writes those of one loop iteration together.
 
 Draining
     Under the gateway's own server protocol (:mod:`gateway.server.websocket_protocol`)
@@ -44,6 +47,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..context import request_context
 from ..problems import describe
+from ..server.loop_queue import LoopQueue
 from ..server.websocket_protocol import DRAIN_EXTENSION
 from ..settings import WebSocketSettings
 
@@ -112,10 +116,10 @@ class Outbox:
     def __init__(self, websocket: WebSocket, limit: int, timeout: float) -> None:
         self._websocket = websocket
         self._timeout = timeout
-        # None, after finish(), wakes a writer that waits on an empty queue.
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(limit)
-        self._final: Close | None = None
         self._loop = asyncio.get_running_loop()
+        # None, after finish(), wakes a writer that waits on an empty queue.
+        self._queue: LoopQueue[str | None] = LoopQueue(self._loop, limit)
+        self._final: Close | None = None
         #: Loop time at which the write in progress started; None between writes.
         self._writing_since: float | None = None
 

@@ -157,3 +157,18 @@ def two_backends_no_default(
             ]
         },
     }
+
+
+class RecordedTransport:
+    """A real transport whose writes are also kept in ``writes`` (each ``write`` as one item)."""
+
+    def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)

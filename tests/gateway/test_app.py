@@ -34,6 +34,8 @@ MODULES = [
     "gateway.routes.health",
     "gateway.routes.metrics",
     "gateway.routes.ws",
+    "gateway.server.loop_queue",
+    "gateway.server.websocket_protocol",
     "gateway.websocket.calls",
     "gateway.websocket.link",
     "gateway.websocket.session",

@@ -362,6 +362,31 @@ async def test_stalled_headers_and_bodies_get_408(tmp_path, demo):
         assert headers["connection"] == "close"
 
 
+async def test_a_slow_body_whose_pieces_come_in_time_is_read(tmp_path, demo):
+    # body_timeout bounds the wait for each piece, not the whole body: four
+    # pieces 0.5 s apart take longer than the timeout and are all read.
+    async with running(tmp_path, demo, body_timeout=1.5) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw.url))
+        try:
+            body = b'{"payload": [5, 6], "backend": "adder"}'
+            pieces = [body[i : i + 10] for i in range(0, len(body), 10)]
+            writer.write(
+                b"POST /compute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+            )
+            started = time.monotonic()
+            for piece in pieces:
+                await asyncio.sleep(0.5)
+                writer.write(piece)
+                await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        assert time.monotonic() - started > 1.5
+        status, _, answer = split_response(raw)
+        assert (status, answer["result"]) == (200, 11)
+
+
 async def test_oversized_headers_get_431(tmp_path, demo):
     async with running(tmp_path, demo, max_header_bytes=4096) as gw:
         request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 5000 + b"\r\n\r\n"

@@ -1,23 +1,33 @@
-"""Malformed HTTP gets a ``malformed-http`` problem from the server's protocol, not text/plain.
+"""The gateway's HTTP protocols: malformed requests, and one write per response.
 
-Raw requests over a real socket to the app served by uvicorn with the
-protocols of :mod:`gateway.server.malformed` (httptools' and h11's).
+Malformed HTTP gets a ``malformed-http`` problem from the server's protocol,
+not text/plain: raw requests over a real socket to the app served by uvicorn
+with the protocols of :mod:`gateway.server.malformed` (httptools' and h11's).
+The gateway's own protocol (:mod:`gateway.server.http_protocol`) writes a
+response's head and body together; its transport is wrapped so that each
+``write`` is recorded on its way to the real one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
 
 import orjson
 import pytest
-from gateway_support import PROBLEM, problem_type, serve_gateway
+from fastapi import FastAPI
+from fastapi.responses import Response, StreamingResponse
+from gateway_support import PROBLEM, RecordedTransport, problem_type, serve_gateway
 
-from gateway.server.http_protocol import GatewayHttpProtocol
+from gateway.server.http_protocol import GatewayHttpProtocol, http_protocol
+from gateway.server.limits import ClientLimits
 from gateway.server.malformed import (
     MALFORMED_DETAIL,
     ProblemH11Protocol,
     ProblemHttpToolsProtocol,
 )
+from gateway.settings import GatewaySettings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,3 +119,82 @@ def test_the_command_line_serves_with_it():
     config = _uvicorn_config(create_app(settings), settings, "127.0.0.1", 0)
     assert isinstance(config.http, type)
     assert issubclass(config.http, ProblemHttpToolsProtocol)
+
+
+def recorded_protocol(writes: list[bytes]) -> type[GatewayHttpProtocol]:
+    """The gateway's HTTP protocol, its writes kept in ``writes``."""
+    bound = http_protocol(GatewaySettings(), ClientLimits(max_connections=16, max_sockets=16))
+
+    class Recorded(bound):  # type: ignore[misc, valid-type]
+        recorded: ClassVar[list[bytes]] = writes
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(RecordedTransport(transport, self.recorded))
+
+    return Recorded
+
+
+BIG = b"x" * (100 * 1024)
+
+
+def add_routes(release: asyncio.Event) -> Any:
+    def setup(app: FastAPI) -> None:
+        @app.get("/test/big")
+        async def big() -> Response:
+            return Response(BIG, media_type="application/octet-stream")
+
+        @app.get("/test/later")
+        async def later() -> StreamingResponse:
+            async def items() -> AsyncIterator[bytes]:
+                await release.wait()
+                yield b"late\n"
+
+            return StreamingResponse(items(), media_type="text/plain")
+
+    return setup
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+
+
+async def test_a_response_leaves_in_one_write(settings):
+    writes: list[bytes] = []
+    release = asyncio.Event()
+    async with serve_gateway(
+        settings, http=recorded_protocol(writes), setup=add_routes(release)
+    ) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            for _ in range(2):  # keep-alive: each response on its own
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+                head = await read_head(reader)
+                length = int(parse(head)[1]["content-length"])
+                body = await asyncio.wait_for(reader.readexactly(length), 10)
+                assert writes[-1] == head + body
+            assert len(writes) == 2
+            # A body over the joining limit follows its head, uncopied.
+            writer.write(b"GET /test/big HTTP/1.1\r\nHost: gw\r\n\r\n")
+            head = await read_head(reader)
+            assert await asyncio.wait_for(reader.readexactly(len(BIG)), 10) == BIG
+            assert writes[2:] == [head, BIG]
+        finally:
+            writer.close()
+
+
+async def test_a_head_whose_body_is_not_ready_is_written_alone(settings):
+    writes: list[bytes] = []
+    release = asyncio.Event()
+    async with serve_gateway(
+        settings, http=recorded_protocol(writes), setup=add_routes(release)
+    ) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(b"GET /test/later HTTP/1.1\r\nHost: gw\r\n\r\n")
+            head = await read_head(reader)  # before any body exists
+            assert parse(head)[0] == 200
+            assert writes == [head]
+            release.set()
+            assert await asyncio.wait_for(reader.readuntil(b"late\n"), 10) == b"5\r\nlate\n"
+        finally:
+            writer.close()
