@@ -8,7 +8,8 @@ WebSocket options, no access log from uvicorn). Once listening it writes
 ``127.0.0.1:PORT`` to the ready file.
 
 ``/bench/noop`` does what ``POST /compute`` does before it reaches a
-backend, through the same middleware: read and check the body
+backend, through the same middleware: read the ``Request-Timeout`` header,
+read and check the body under the same ``body_timeout``
 (:func:`gateway.body.read_json`), check the call (:func:`gateway.calls.parse_call`),
 and answer with orjson, ``{"result": <payload>}``. What ``/compute`` costs
 beyond it is the gateway's own work: the codec, the pool and the backend's
@@ -30,6 +31,7 @@ from gateway.app import create_app
 from gateway.body import read_json
 from gateway.calls import parse_call
 from gateway.cli import _Server, _uvicorn_config
+from gateway.deadlines import header_timeout
 from gateway.deps import gateway_state
 from gateway.log import configure_logging
 from gateway.settings import load_settings
@@ -47,7 +49,9 @@ def add_noop_route(app: FastAPI) -> None:
     async def noop(request: Request) -> Response:
         # The same steps as gateway.routes.compute._compute, up to the backend.
         state = gateway_state(request.app)
-        body = await read_json(request, state.settings.gateway.max_body_bytes)
+        header_timeout(request.scope)
+        gateway = state.settings.gateway
+        body = await read_json(request, gateway.max_body_bytes, gateway.body_timeout)
         call = parse_call(body)
         return Response(orjson.dumps({"result": call.payload}), media_type="application/json")
 

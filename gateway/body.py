@@ -154,10 +154,11 @@ def _parse_exactly(body: bytes) -> Any:
         raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
 
 
-async def read_json(request: Request, limit: int, timeout: float | None = None) -> Any:
+async def read_json(request: Request, limit: int, timeout: float | None) -> Any:
     """Check, read (at most ``limit`` bytes) and parse the JSON body of ``request``.
 
-    ``timeout`` bounds the wait for each piece of the body (``None``: no bound).
+    ``timeout`` bounds the wait for each piece of the body (``None``: no
+    bound). It has no default, so that no route forgets ``body_timeout``.
 
     Raises:
         UnsupportedMediaType: the body is not declared as UTF-8 JSON (415).

@@ -66,7 +66,8 @@ async def _body(request: Request, state: GatewayState) -> object:
     headers = request.headers
     if "content-type" not in headers and headers.get("content-length", "0") == "0":
         return {}  # a call with no arguments may come without a body
-    return await read_json(request, state.settings.gateway.max_body_bytes)
+    gateway = state.settings.gateway
+    return await read_json(request, gateway.max_body_bytes, gateway.body_timeout)
 
 
 async def _create(request: Request, name: str) -> Response:

@@ -257,11 +257,12 @@ async def _open(request: Request, name: str | None, *, query: bool) -> Response:
         return Response(status_code=204)  # an EventSource reconnecting: nothing to resume
     framing = pick_framing(header(scope, b"accept"))
     request_timeout = header_timeout(scope)
-    limit = state.settings.gateway.max_body_bytes
+    gateway = state.settings.gateway
+    limit = gateway.max_body_bytes
     if query:
         stream = query_stream(scope["query_string"], max_bytes=limit)
     else:
-        stream = parse_stream(await read_json(request, limit))
+        stream = parse_stream(await read_json(request, limit, gateway.body_timeout))
     call = stream.call
     if name is not None:
         if call.backend is not None and call.backend != name:

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from gateway_support import PROBLEM, problem_type, sha256_hex, wait_until
+from gateway_support import PROBLEM, key_file, problem_type, sha256_hex, wait_until
 from process_support import GatewayProcess, gateway_process, write_config
 from ws_support import open_ws, recv_json, until_closed
 
@@ -349,27 +349,54 @@ async def test_stalled_headers_and_bodies_get_408(tmp_path, demo):
         # A connection that sends nothing at all is closed the same way.
         status, _, problem = split_response(await raw_exchange(port, b""))
         assert status == 408
-        # Content-Length: 100, and 17 bytes sent.
-        body = b'{"payload": [1, 2'
-        request = (
-            b"POST /compute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 100\r\n\r\n" + body
-        )
-        status, headers, problem = split_response(await raw_exchange(port, request))
-        assert (status, headers["content-type"]) == (408, PROBLEM)
-        assert problem["type"] == problem_type("request-timeout")
-        assert problem["detail"].endswith(f"after {len(body)} bytes")
-        assert headers["connection"] == "close"
+
+
+# Every route that reads a JSON body: each must bound a stalled one.
+BODY_ROUTES = [
+    "/compute",
+    "/backends/adder/compute",
+    "/compute/batch",
+    "/stream",
+    "/backends/adder/stream",
+    "/backends/jobs/objects",
+    "/backends/jobs/objects/0123456789abcdef/get",
+]
+
+
+async def test_every_route_that_reads_a_body_refuses_a_stalled_one(tmp_path, demo, start_backend):
+    manager = start_backend(str(Path(__file__).parents[1] / "servers" / "manager.py"))
+    jobs = {
+        "address": manager.address,
+        "authkey_file": str(key_file(tmp_path, manager.authkey)),
+        "kind": "manager",
+        "typeids": ["*"],
+    }
+    async with running(tmp_path, demo, body_timeout=1.0, tables={"backends.jobs": jobs}) as gw:
+        port = port_of(gw.url)
+        for path in BODY_ROUTES:
+            # Content-Length: 100, and 17 bytes sent.
+            body = b'{"payload": [1, 2'
+            request = (
+                b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n" % path.encode() + body
+            )
+            started = time.monotonic()
+            status, headers, problem = split_response(await raw_exchange(port, request))
+            assert (status, headers["content-type"]) == (408, PROBLEM), (path, problem)
+            assert problem["type"] == problem_type("request-timeout")
+            assert problem["detail"].endswith(f"after {len(body)} bytes")
+            assert headers["connection"] == "close"
+            assert 0.9 < time.monotonic() - started < 5, path
 
 
 async def test_a_slow_body_whose_pieces_come_in_time_is_read(tmp_path, demo):
-    # body_timeout bounds the wait for each piece, not the whole body: four
-    # pieces 0.5 s apart take longer than the timeout and are all read.
-    async with running(tmp_path, demo, body_timeout=1.5) as gw:
+    # body_timeout bounds the wait for each piece, not the whole body: pieces
+    # 0.5 s apart take longer than the timeout in all and are all read.
+    async with running(tmp_path, demo, body_timeout=3.0) as gw:
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw.url))
         try:
             body = b'{"payload": [5, 6], "backend": "adder"}'
-            pieces = [body[i : i + 10] for i in range(0, len(body), 10)]
+            pieces = [body[i : i + 5] for i in range(0, len(body), 5)]  # 8 pieces, 4 s
             writer.write(
                 b"POST /compute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
@@ -382,7 +409,7 @@ async def test_a_slow_body_whose_pieces_come_in_time_is_read(tmp_path, demo):
             raw = await asyncio.wait_for(reader.read(), 10)
         finally:
             writer.close()
-        assert time.monotonic() - started > 1.5
+        assert time.monotonic() - started > 3.0
         status, _, answer = split_response(raw)
         assert (status, answer["result"]) == (200, 11)
 
