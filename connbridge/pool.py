@@ -1221,28 +1221,47 @@ class Pool:
         except asyncio.CancelledError:
             await self._cut_short(conn, handshake)
             raise
-        if handshake.exception() is None:
-            self.count_close("abandoned_handshake")
-            await conn.close(timeout=1.0)
-        else:
-            conn.abort()  # the handshake failed: the server has already let it go
+        await self._end_handshake(conn, handshake, "abandoned_handshake")
 
     async def _cut_short(self, conn: Connection, handshake: asyncio.Future[None]) -> None:
         """A shutdown past its grace reached a handshake that has not ended.
 
         If the server is in the middle of it, cutting it now would make the
         server's ``accept()`` fail: it gets ``handshake_timeout`` more to end
-        and is then closed cleanly. One the server never reached is aborted:
-        nothing gentler is left (the README's scaling section says so).
+        and is then closed cleanly (counted ``shutdown``). One the server
+        never reached is aborted (``shutdown_stalled``): nothing gentler is
+        left (the README's scaling section says so).
         """
-        if conn.handshake_begun and not handshake.done():
-            await asyncio.wait({handshake}, timeout=self.settings.handshake_timeout)
-        if handshake.done() and not handshake.cancelled() and handshake.exception() is None:
-            await conn.close(timeout=1.0)
-        else:
+        try:
+            if conn.handshake_begun and not handshake.done():
+                await asyncio.wait({handshake}, timeout=self.settings.handshake_timeout)
+        finally:
+            await self._end_handshake(conn, handshake, "shutdown", failed="shutdown_stalled")
+
+    async def _end_handshake(
+        self,
+        conn: Connection,
+        handshake: asyncio.Future[None],
+        reason: str,
+        *,
+        failed: str | None = None,
+    ) -> None:
+        """Close ``conn`` cleanly if its handshake worked; otherwise abort it (and the handshake).
+
+        A handshake that failed or never ended leaves nothing a server waits
+        for on this connection. Counted under ``reason``, or ``failed``.
+        """
+        worked = handshake.done() and not handshake.cancelled() and handshake.exception() is None
+        self.count_close(reason if worked or failed is None else failed)
+        if not worked:
             handshake.cancel()
             conn.abort()
-        self.count_close("shutdown_stalled")
+            return
+        try:
+            await conn.close(timeout=1.0)
+        except BaseException:
+            conn.abort()  # cancelled again: nothing gentler is left
+            raise
 
     # housekeeping
 

@@ -91,7 +91,9 @@ def with_request_timeout(extra: dict[str, Any], note: str = "") -> dict[str, Any
     description = (
         "Seconds this request may take, a number > 0 such as `2.5` (as the body's "
         "`timeout`): it can only shorten the backend's `call_timeout`, and with a `timeout` "
-        "in the body the smaller one holds. Past it: 504 `backend-timeout`. A value that is "
+        "in the body the smaller one holds. Past it: 504 `backend-timeout`, or 503 "
+        "`pool-exhausted` when it ran out before a backend connection was free (the request "
+        "was not sent). A value that is "
         "not a number of seconds > 0, or the header given twice: 422 "
         "`invalid-request-timeout`."
     )

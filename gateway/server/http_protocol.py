@@ -223,6 +223,11 @@ class GatewayHttpProtocol(ProblemHttpToolsProtocol):
             self.cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:
+        # A response with no body write (an answer to HEAD) is complete with
+        # its head still held: it goes out now, before anything can close.
+        cycle = self.cycle
+        if cycle is not None and isinstance(cycle.transport, _CycleTransport):
+            cycle.transport.flush()
         super().on_response_complete()
         if self._counted and not self.lingering and not self.transport.is_closing():
             self.limits.waiting(self)

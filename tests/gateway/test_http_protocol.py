@@ -11,6 +11,7 @@ response's head and body together; its transport is wrapped so that each
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
@@ -198,3 +199,42 @@ async def test_a_head_whose_body_is_not_ready_is_written_alone(settings):
             assert await asyncio.wait_for(reader.readuntil(b"late\n"), 10) == b"5\r\nlate\n"
         finally:
             writer.close()
+
+
+async def test_an_answer_to_head_with_connection_close_is_not_lost(settings):
+    # No body is written for HEAD: the held head must leave before the close.
+    writes: list[bytes] = []
+    release = asyncio.Event()
+    async with serve_gateway(
+        settings, http=recorded_protocol(writes), setup=add_routes(release)
+    ) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+    status = parse(raw)[0]
+    assert status in (200, 405), raw
+    assert raw.endswith(b"\r\n\r\n") and writes == [raw]
+
+
+async def test_pipelined_requests_are_answered_in_order(settings):
+    writes: list[bytes] = []
+    release = asyncio.Event()
+    async with serve_gateway(
+        settings, http=recorded_protocol(writes), setup=add_routes(release)
+    ) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(
+                b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+                b"GET /no-such-path HTTP/1.1\r\nHost: gw\r\n\r\n"
+                b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+            )
+            raw = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+    assert statuses == [200, 404, 200], raw
+    assert b"".join(writes) == raw
