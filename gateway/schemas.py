@@ -137,12 +137,18 @@ class ObjectDescription(BaseModel):
 
 
 class ProblemItem(BaseModel):
-    """One error in a request, located by a JSON Pointer into the body."""
+    """One error in a request, located by a JSON Pointer into the body, or by a parameter."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     detail: str
     pointer: str | None = Field(None, description="JSON Pointer fragment, e.g. `#/payload/0`.")
+    parameter: str | None = Field(
+        None, description="The header or query parameter in error, e.g. `Request-Timeout`."
+    )
+    location: str | None = Field(
+        None, alias="in", description="Where `parameter` is: `header` or `query`."
+    )
 
 
 class ExceptionInfo(BaseModel):
