@@ -11,6 +11,7 @@ response's head and body together; its transport is wrapped so that each
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from gateway.server.malformed import (
     ProblemH11Protocol,
     ProblemHttpToolsProtocol,
 )
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -155,86 +156,73 @@ def add_routes(release: asyncio.Event) -> Any:
     return setup
 
 
+@contextlib.asynccontextmanager
+async def recorded_connection(
+    settings: Settings,
+) -> AsyncIterator[tuple[list[bytes], asyncio.Event, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A gateway with the test routes whose writes are recorded, and a connection to it.
+
+    Yields the writes, the event that releases ``/test/later``, and the connection.
+    """
+    writes: list[bytes] = []
+    release = asyncio.Event()
+    async with serve_gateway(
+        settings, http=recorded_protocol(writes), setup=add_routes(release)
+    ) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            yield writes, release, reader, writer
+        finally:
+            writer.close()
+
+
 async def read_head(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
 
 
 async def test_a_response_leaves_in_one_write(settings):
-    writes: list[bytes] = []
-    release = asyncio.Event()
-    async with serve_gateway(
-        settings, http=recorded_protocol(writes), setup=add_routes(release)
-    ) as gw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        try:
-            for _ in range(2):  # keep-alive: each response on its own
-                writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
-                head = await read_head(reader)
-                length = int(parse(head)[1]["content-length"])
-                body = await asyncio.wait_for(reader.readexactly(length), 10)
-                assert writes[-1] == head + body
-            assert len(writes) == 2
-            # A body over the joining limit follows its head, uncopied.
-            writer.write(b"GET /test/big HTTP/1.1\r\nHost: gw\r\n\r\n")
+    async with recorded_connection(settings) as (writes, _, reader, writer):
+        for _ in range(2):  # keep-alive: each response on its own
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
             head = await read_head(reader)
-            assert await asyncio.wait_for(reader.readexactly(len(BIG)), 10) == BIG
-            assert writes[2:] == [head, BIG]
-        finally:
-            writer.close()
+            length = int(parse(head)[1]["content-length"])
+            body = await asyncio.wait_for(reader.readexactly(length), 10)
+            assert writes[-1] == head + body
+        assert len(writes) == 2
+        # A body over the joining limit follows its head, uncopied.
+        writer.write(b"GET /test/big HTTP/1.1\r\nHost: gw\r\n\r\n")
+        head = await read_head(reader)
+        assert await asyncio.wait_for(reader.readexactly(len(BIG)), 10) == BIG
+        assert writes[2:] == [head, BIG]
 
 
 async def test_a_head_whose_body_is_not_ready_is_written_alone(settings):
-    writes: list[bytes] = []
-    release = asyncio.Event()
-    async with serve_gateway(
-        settings, http=recorded_protocol(writes), setup=add_routes(release)
-    ) as gw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        try:
-            writer.write(b"GET /test/later HTTP/1.1\r\nHost: gw\r\n\r\n")
-            head = await read_head(reader)  # before any body exists
-            assert parse(head)[0] == 200
-            assert writes == [head]
-            release.set()
-            assert await asyncio.wait_for(reader.readuntil(b"late\n"), 10) == b"5\r\nlate\n"
-        finally:
-            writer.close()
+    async with recorded_connection(settings) as (writes, release, reader, writer):
+        writer.write(b"GET /test/later HTTP/1.1\r\nHost: gw\r\n\r\n")
+        head = await read_head(reader)  # before any body exists
+        assert parse(head)[0] == 200
+        assert writes == [head]
+        release.set()
+        assert await asyncio.wait_for(reader.readuntil(b"late\n"), 10) == b"5\r\nlate\n"
 
 
 async def test_an_answer_to_head_with_connection_close_is_not_lost(settings):
     # No body is written for HEAD: the held head must leave before the close.
-    writes: list[bytes] = []
-    release = asyncio.Event()
-    async with serve_gateway(
-        settings, http=recorded_protocol(writes), setup=add_routes(release)
-    ) as gw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        try:
-            writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-            raw = await asyncio.wait_for(reader.read(), 10)
-        finally:
-            writer.close()
-    status = parse(raw)[0]
-    assert status in (200, 405), raw
+    async with recorded_connection(settings) as (writes, _, reader, writer):
+        writer.write(b"HEAD /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), 10)
+    assert parse(raw)[0] in (200, 405), raw
     assert raw.endswith(b"\r\n\r\n") and writes == [raw]
 
 
 async def test_pipelined_requests_are_answered_in_order(settings):
-    writes: list[bytes] = []
-    release = asyncio.Event()
-    async with serve_gateway(
-        settings, http=recorded_protocol(writes), setup=add_routes(release)
-    ) as gw:
-        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-        try:
-            writer.write(
-                b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
-                b"GET /no-such-path HTTP/1.1\r\nHost: gw\r\n\r\n"
-                b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
-            )
-            raw = await asyncio.wait_for(reader.read(), 10)
-        finally:
-            writer.close()
+    async with recorded_connection(settings) as (writes, _, reader, writer):
+        writer.write(
+            b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+            b"GET /no-such-path HTTP/1.1\r\nHost: gw\r\n\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+        )
+        raw = await asyncio.wait_for(reader.read(), 10)
     statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
     assert statuses == [200, 404, 200], raw
     assert b"".join(writes) == raw

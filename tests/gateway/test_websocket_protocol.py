@@ -19,7 +19,7 @@ import uvicorn
 from gateway_support import RecordedTransport
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-from ws_support import WAIT, server_frames
+from ws_support import WAIT, running_uvicorn, server_frames
 
 from gateway.server.http_protocol import http_protocol
 from gateway.server.limits import ClientLimits
@@ -83,18 +83,8 @@ async def serve(writes: list[bytes]) -> AsyncIterator[int]:
         ws=Recorded,
         ws_per_message_deflate=False,  # the gateway's default
     )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(WAIT):
-            while not server.started:
-                if serving.done():
-                    raise RuntimeError("uvicorn did not start")
-                await asyncio.sleep(0.01)
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, WAIT)
+    async with running_uvicorn(config) as port:
+        yield port
 
 
 async def received(

@@ -138,6 +138,13 @@ async def serve_with_ws_options(settings: Settings) -> AsyncIterator[tuple[WebSo
     config = uvicorn.Config(
         app, port=0, log_config=None, lifespan="on", **uvicorn_options(settings.websocket)
     )
+    async with running_uvicorn(config) as port:
+        yield websocket_hub(app), port
+
+
+@contextlib.asynccontextmanager
+async def running_uvicorn(config: uvicorn.Config) -> AsyncIterator[int]:
+    """Serve ``config`` in this loop until the block ends; yields the port it bound."""
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
     try:
@@ -146,7 +153,7 @@ async def serve_with_ws_options(settings: Settings) -> AsyncIterator[tuple[WebSo
                 if serving.done():
                     raise RuntimeError("uvicorn did not start")
                 await asyncio.sleep(0.01)
-        yield websocket_hub(app), server.servers[0].sockets[0].getsockname()[1]
+        yield server.servers[0].sockets[0].getsockname()[1]
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, WAIT)
