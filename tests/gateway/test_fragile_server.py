@@ -182,15 +182,18 @@ async def test_kill_9_of_the_gateway_at_three_points(start_backend, tmp_path: Pa
 
 
 async def pipelined_load(
-    gw: CliGateway, numbers: itertools.count[int], seconds: float
+    gw: CliGateway,
+    numbers: itertools.count[int],
+    seconds: float,
+    stop: asyncio.Event | None = None,
 ) -> dict[str, int]:
-    """64 callers of fast calls for ``seconds``; every answer must be the caller's own."""
+    """64 callers of fast calls for ``seconds`` or until ``stop``; each answer its caller's own."""
     outcomes: dict[str, int] = {}
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
 
     async def worker() -> None:
-        while loop.time() < end:
+        while loop.time() < end and not (stop is not None and stop.is_set()):
             n = next(numbers)
             try:
                 response = await gw.client.post("/compute", json={"payload": [n, 0]})
@@ -217,9 +220,11 @@ async def test_a_gateway_restart_in_the_middle_of_pipelined_load(
     backends = classic_table(classic, tmp_path, max_connections=1, pipeline=32)
     numbers = itertools.count()
     async with cli_gateway(tmp_path, backends, connections=64) as gw:
-        loading = asyncio.create_task(pipelined_load(gw, numbers, LOAD_SECONDS))
+        gone = asyncio.Event()
+        loading = asyncio.create_task(pipelined_load(gw, numbers, LOAD_SECONDS, gone))
         await gw.wait_stats("classic", lambda s: s["calls"] >= 2000, what="2,000 calls")
         assert await gw.terminate() == 0, gw.output()
+        gone.set()  # the callers still in flight finish; nobody starts a new one
         first = await loading
     assert first.get("200", 0) > 0, first
     assert set(first) <= {"200", "503 shutting-down", "gateway gone"}, first
