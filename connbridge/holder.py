@@ -299,6 +299,7 @@ class Holder:
         owner.count_close(reason)
         if abort:
             self.conn.abort()
+            replica.close_finished()
         else:
             owner.spawn(self._close_gently())
         owner.slot_freed()
@@ -308,6 +309,7 @@ class Holder:
         try:
             await conn.close(timeout=self._owner.drain_timeout)
         finally:
+            self.replica.close_finished()
             if conn.discarded_frames:
                 self._owner.count_discarded(conn.discarded_frames)
 

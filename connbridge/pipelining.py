@@ -45,6 +45,8 @@ class PipeReplica(Protocol):
 
     def closed(self) -> None: ...
 
+    def close_finished(self) -> None: ...
+
 
 #: The replica type the pool records (generic to keep the imports one-way).
 R = TypeVar("R", bound=PipeReplica)
@@ -333,9 +335,15 @@ class Pipelines(Generic[R]):
         pipe.conn.watch(None)
         pipe.replica.closed()
         owner.count_close(reason)
-        owner.spawn(pipe.conn.close(timeout=owner.settings.drain_timeout))
+        owner.spawn(self._close_gently(pipe))
         owner.note_released()
         self._wake()
+
+    async def _close_gently(self, pipe: Pipe[R]) -> None:
+        try:
+            await pipe.conn.close(timeout=self._owner.settings.drain_timeout)
+        finally:
+            pipe.replica.close_finished()
 
     def close_all(self, reason: str) -> None:
         for pipe in list(self.pipes):

@@ -1041,6 +1041,10 @@ class Pool:
         s = self.settings
         if not reserved:
             replica.open_started()
+        # Decided now, not when the handshake stalls: a server still busy with
+        # one of ours when this began explains its silence even if that one
+        # has ended since (it may reach this one any moment).
+        busy = replica.serving_another()
         established = False
         try:
             try:
@@ -1075,7 +1079,7 @@ class Pool:
                         self.spawn(self._finish_abandoned(conn, handshake))
                     raise
                 if not done:
-                    raise self._handshake_stalled(replica, conn, handshake)
+                    raise self._handshake_stalled(replica, conn, handshake, busy=busy)
                 self._handshake_result(replica, conn, handshake)
             if pooled:
                 await self._run_prepare(replica, conn)
@@ -1147,10 +1151,20 @@ class Pool:
         raise exc
 
     def _handshake_stalled(
-        self, replica: Replica[Holder], conn: Connection, handshake: asyncio.Future[None]
+        self,
+        replica: Replica[Holder],
+        conn: Connection,
+        handshake: asyncio.Future[None],
+        *,
+        busy: bool,
     ) -> ConnbridgeError:
-        """Keep a silent handshake until the server gets to it; return the error to raise."""
-        working = replica.established > 0
+        """Keep a silent handshake until the server gets to it; return the error to raise.
+
+        ``busy``: another of our connections was open or closing here when it
+        began. Then the server is busy, not down, even if that connection has
+        ended since: the address is not ejected and the callers keep waiting.
+        """
+        working = busy or replica.serving_another()
         known = replica.capacity
         replica.stall_started()
         if replica.idle:
@@ -1168,10 +1182,12 @@ class Pool:
                     replica.address,
                     replica.capacity,
                 )
-            error = BackendBusy(
-                f"backend {self.name}: {replica.address} serves {replica.capacity} "
-                "connection(s) at a time and is busy"
+            how = (
+                f"serves {replica.capacity} connection(s) at a time"
+                if replica.capacity
+                else "is still finishing an earlier connection"
             )
+            error = BackendBusy(f"backend {self.name}: {replica.address} {how} and is busy")
         else:
             error = HandshakeTimeout(
                 f"{replica.address} sent no challenge within {self.settings.handshake_timeout} s: "

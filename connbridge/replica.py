@@ -90,6 +90,7 @@ class Replica(Generic[H]):
 
     __slots__ = (
         "_budgeted_drains",
+        "_closing",
         "_draining",
         "_established",
         "_in_use",
@@ -144,6 +145,7 @@ class Replica(Generic[H]):
         self._opening = 0  # connect or handshake in progress
         self._settling = 0  # in use: quiet time after a first reply (see Reuse)
         self._stalled = 0  # handshakes that stayed silent and wait for the server
+        self._closing = 0  # taken out of service, the server's EOF not seen yet
 
     # read-only counts
 
@@ -170,6 +172,11 @@ class Replica(Generic[H]):
     @property
     def settling(self) -> int:
         return self._settling
+
+    @property
+    def closing(self) -> int:
+        """Connections closing in the background: the server may still be serving them."""
+        return self._closing
 
     @property
     def busy(self) -> bool:
@@ -245,6 +252,19 @@ class Replica(Generic[H]):
     def closed(self) -> None:
         """One of its connections was taken out of service (closing in the background)."""
         self._established -= 1
+        self._closing += 1
+
+    def close_finished(self) -> None:
+        """That connection's close ended: its server is done with it."""
+        self._closing -= 1
+
+    def serving_another(self) -> bool:
+        """Is one of ours open here, or still closing (the server not yet done with it)?
+
+        A server that serves one connection at a time reaches a new one only
+        after the previous one's close, which the pool does in the background.
+        """
+        return self._established > 0 or self._closing > 0
 
     # capacity and growth
 

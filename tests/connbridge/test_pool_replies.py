@@ -350,3 +350,33 @@ async def test_closing_the_pool_does_not_cut_a_probe_in_its_handshake(
     with client:
         assert await asyncio.to_thread(client.call, (20, 22)) == 42
     assert "Traceback" not in backend.output()
+
+
+@pytest.mark.parametrize("pipeline", [1, 4])
+async def test_a_server_still_finishing_our_last_connection_is_busy_not_down(
+    start_backend, pipeline: int
+) -> None:
+    # The pool closes an idle connection in the background; a one-connection
+    # server that takes a while after that EOF leaves the next connection in
+    # its backlog past handshake_timeout. The address is busy, not down: the
+    # call waits for the server instead of failing as unreachable.
+    backend = await start(start_backend, "classic", args=["--slow-close", "1.0"])
+    pool = Pool(
+        backend.address,
+        authkey=KEY,
+        settings=settings(handshake_timeout=0.3, idle_timeout=0.2, pipeline=pipeline),
+    )
+    await pool.start()
+    try:
+        assert await pool.call((1, 2)) == 3
+        await wait_until(lambda: pool.stats()["open"] == 0)
+        assert pool.stats()["closed"].get("idle") == 1
+        assert await pool.call((2, 2)) == 4
+        stats = pool.stats()
+        assert "handshake_timeout" not in stats["errors"], stats["errors"]
+        assert "unavailable" not in stats["errors"], stats["errors"]
+        assert pool.health()["status"] == "up"
+    finally:
+        await pool.close(grace=5)
+    assert backend.alive(), backend.output()
+    assert "Traceback" not in backend.output()

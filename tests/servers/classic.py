@@ -36,6 +36,7 @@ def main():
     _support.add_common_arguments(parser)
     parser.add_argument("--slow-floats", action="store_true")
     parser.add_argument("--slow-handshake", type=float, default=0.0)
+    parser.add_argument("--slow-close", type=float, default=0.0)
     args = parser.parse_args()
     if args.slow_handshake:
         _slow_down_handshakes(args.slow_handshake)
@@ -55,6 +56,7 @@ def main():
             try:
                 x, y = conn.recv()
             except EOFError:
+                time.sleep(args.slow_close)
                 break
             if args.slow_floats and isinstance(y, float):
                 time.sleep(y)
