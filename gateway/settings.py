@@ -316,8 +316,10 @@ class GatewaySettings(_Section):
         description="Seconds a request body may stall, no byte arriving, while it is read (408).",
     )
     keepalive_timeout: PositiveFloat = Field(
-        default=5.0,
-        description="Seconds an idle keep-alive connection stays open between requests.",
+        default=75.0,
+        description="Seconds an idle keep-alive connection stays open between requests: "
+        "longer than clients keep idle connections (httpx 5 s, load balancers 60 s), so a "
+        "client never sends on a connection the gateway is closing at that instant.",
     )
     max_header_bytes: Annotated[int, Field(ge=1024)] = Field(
         default=64 * 1024,

@@ -100,6 +100,9 @@ async def serve_gateway(
         log_config=None,
         access_log=False,
         http=http,
+        # As the CLI does: longer than httpx's 5 s pool expiry, or a client would
+        # send on a connection at the instant the server closes it.
+        timeout_keep_alive=settings.gateway.keepalive_timeout,
     )
     server = _Server(config)
     serving = asyncio.create_task(server.serve())

@@ -31,6 +31,8 @@ from gateway_support import PROBLEM, key_file, problem_type, sha256_hex, wait_un
 from process_support import GatewayProcess, gateway_process, write_config
 from ws_support import open_ws, recv_json, until_closed
 
+from gateway.settings import GatewaySettings
+
 SOAK = os.environ.get("CONNBRIDGE_SOAK_CLIENTS") == "1"
 #: How long each flood lasts.
 DURATION = 60.0 if SOAK else 5.0
@@ -473,6 +475,28 @@ async def test_idle_keepalive_connections_make_room(tmp_path, demo):
         finally:
             for _, writer in idle:
                 writer.close()
+
+
+async def test_an_idle_connection_outlives_the_clients_pool_then_closes(tmp_path, demo):
+    # The default is longer than httpx's own pool keeps a connection idle: were
+    # both equal (uvicorn's 5 s and httpx's 5 s), a client could send on a
+    # connection at the instant the gateway closes it (the CI failure of
+    # test_many_concurrent_calls_and_creates: httpx.ReadError on a POST).
+    assert GatewaySettings().keepalive_timeout > httpx.Limits().keepalive_expiry + 10
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with running(tmp_path, demo, keepalive_timeout=0.5) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gw.url))
+        try:
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            idle_since = time.monotonic()
+            # The configured timeout reaches the server: the idle connection ends.
+            rest = await asyncio.wait_for(reader.read(), 10)
+            assert b"HTTP/1.1" not in rest and reader.at_eof()
+            assert time.monotonic() - idle_since >= 0.4
+        finally:
+            writer.close()
 
 
 async def test_descriptor_limit_is_raised_and_logged(tmp_path, demo):

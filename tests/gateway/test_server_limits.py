@@ -79,7 +79,7 @@ def test_every_new_limit_has_a_default():
     assert (gateway.header_timeout, gateway.body_timeout, gateway.keepalive_timeout) == (
         10.0,
         30.0,
-        5.0,
+        75.0,
     )
     assert gateway.max_header_bytes == 65536
     assert (gateway.linger_timeout, gateway.linger_bytes) == (5.0, 64 * 1024 * 1024)
