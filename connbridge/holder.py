@@ -111,6 +111,16 @@ class Holder:
     def __repr__(self) -> str:
         return f"<Holder {self.replica.address} {self.state.value}>"
 
+    @property
+    def spent(self) -> bool:
+        """It carried an exchange on an address whose connections carry one each.
+
+        Such a connection may still hold a reply shifted by its backend, so it
+        never goes to another caller, whatever path brings it back: a release,
+        the end of a settle or of a drain, or a hand-over made before reuse ended.
+        """
+        return self.exchanges > 0 and self.replica.reuse is Reuse.NEVER
+
     # checkout
 
     def check_out(self) -> None:
@@ -152,7 +162,7 @@ class Holder:
                 self.close("single_use")
             return
         now = replica.alive_at = time.monotonic()
-        if single_use or replica.reuse is Reuse.NEVER:
+        if single_use or self.spent:
             self.close("single_use")
         elif (
             replica.reuse is Reuse.UNPROVEN

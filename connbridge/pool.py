@@ -311,6 +311,8 @@ class Pool:
         self._released.set()
         if self._closed or replica.stale:
             holder.close("shutdown" if self._closed else "stale")
+        elif holder.spent:
+            holder.close("no_reuse")  # reuse ended while it settled
         elif replica.must_make_room():
             # A one-connection-at-a-time server holds a silent handshake back
             # until one of ours ends: end this one so that one can join.
@@ -819,6 +821,10 @@ class Pool:
         """Check an idle holder out if it is fit for a new exchange; close it otherwise."""
         if holder.state is not HolderState.IDLE:
             return False  # closed while the waiter it was handed to woke up
+        if holder.spent:
+            # Handed to this waiter before its address's reuse ended.
+            holder.close("no_reuse")
+            return False
         conn = holder.conn
         if conn.has_pending_input():
             # EOF or stray bytes on an idle connection: the backend closed it

@@ -168,6 +168,38 @@ async def test_replies_one_stops_reuse_at_the_first_stray_reply(
     assert backend.alive()
 
 
+async def test_a_connection_settling_when_reuse_ends_goes_to_no_later_caller(
+    start_backend,
+) -> None:
+    # The CI failure of the poison test: a reply shifted on one connection
+    # reached a caller that started after reuse had ended. On a fresh address
+    # every first reply settles. "late" answers at once and again after 2 s, so
+    # its connection settles quietly; meanwhile "quick" answers twice at once,
+    # a stray reply, and reuse ends while "late" still settles. When its settle
+    # ends, that connection must be retired, not parked for the next caller, who
+    # would get "late"'s second reply instead of its own.
+    backend = await start(start_backend, "demo")
+    pool = Pool(backend.address, authkey=KEY, settings=settings(max_connections=2, settle_time=0.2))
+    await pool.start()
+    try:
+        late = {"op": "stream", "count": 2, "value": "late", "delay": 2}
+        quick = {"op": "stream", "count": 2, "value": "quick", "delay": 0}
+        assert await asyncio.gather(pool.call(late), pool.call(quick)) == [
+            {"seq": 0, "value": "late"},
+            {"seq": 0, "value": "quick"},
+        ]
+        await wait_until(lambda: pool.stats()["addresses"][0]["reuse"] == "never")
+        # "late"'s connection has ended its settle (parked or retired).
+        await wait_until(lambda: pool.stats()["in_use"] == 0)
+        assert await pool.call({"op": "echo", "value": "mine"}) == "mine"
+        stats = pool.stats()
+        assert stats["violations"] == 1
+        assert stats["closed"].get("no_reuse") == 1, stats["closed"]
+    finally:
+        await pool.close()
+    assert backend.alive()
+
+
 async def test_abandoned_calls_do_not_starve_other_callers(start_backend) -> None:
     backend = await start(start_backend, "demo")
     s = settings(max_connections=8, acquire_timeout=2.0, close_grace=0.5)
